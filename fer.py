@@ -1,0 +1,598 @@
+"""
+fer.py: facial emotion recognition on FER-2013 in plain PyTorch.
+
+Everything the scripts share lives here, in the order a reader needs it:
+data -> augmentation -> models -> training loop -> evaluation -> run folders.
+The scripts (train_baseline.py, evaluate.py, ...) only parse arguments and call in.
+"""
+import csv
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# FER-2013's label order: the integer label of each emotion is its index here.
+EMOTIONS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+IMAGE_SIZE = 48
+PROJECT_DIR = Path(__file__).resolve().parent
+DEFAULT_DATA = os.environ.get("FER_DATA", "data/fer2013")
+CACHE_DIR = Path(os.environ.get("FER_CACHE", PROJECT_DIR / "data" / "cache"))
+
+
+class DataError(Exception):
+    """Bad or missing input data; the message names the path and what was expected."""
+
+
+def pick_device(requested=None):
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# -----------------------------------------------------------------------------
+# Data: FER-2013 as three uint8 tensors (train / val / test), decoded once and cached
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+# The Kaggle file-name prefixes carry the original fer2013.csv "Usage" column.
+USAGE_TO_SPLIT = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}
+HOW_TO_GET_DATA = (
+    "Get FER-2013 from https://www.kaggle.com/datasets/msambare/fer2013 (folders train/ and test/) "
+    "or the original fer2013.csv, put it at data/fer2013 (or point --data / FER_DATA at it), "
+    "and check it with `make data`."
+)
+
+
+def prepare_face(image):
+    """A PIL image of a face -> uint8 tensor [48, 48]: grayscale, centre square crop, resize.
+
+    The one preprocessing path for training data and for new photos alike."""
+    from PIL import Image
+
+    image = image.convert("L")
+    width, height = image.size
+    side = min(width, height)
+    if width != height:
+        left, top = (width - side) // 2, (height - side) // 2
+        image = image.crop((left, top, left + side, top + side))
+    if side != IMAGE_SIZE:
+        image = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
+    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
+
+
+def read_image(path):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return prepare_face(image)
+    except (OSError, UnidentifiedImageError) as error:
+        raise DataError(f"{path}: cannot decode this file as an image ({error})") from None
+
+
+def list_image_folders(root):
+    """Kaggle layout ROOT/{train,test}/<emotion>/*.jpg -> {"train": [(path, label)], "test": [...]}."""
+    if not root.is_dir():
+        raise DataError(f"{root}: dataset not found. {HOW_TO_GET_DATA}")
+    files = {}
+    for folder in ("train", "test"):
+        split_dir = root / folder
+        if not split_dir.is_dir():
+            raise DataError(f"{split_dir}: missing folder; expected {root}/train/<emotion>/ and {root}/test/<emotion>/")
+        files[folder] = []
+        for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
+            if class_dir.name not in EMOTIONS:
+                raise DataError(f"{class_dir}: unknown class folder '{class_dir.name}'; expected one of {', '.join(EMOTIONS)}")
+            label = EMOTIONS.index(class_dir.name)
+            files[folder] += [(p, label) for p in sorted(class_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+        if not files[folder]:
+            raise DataError(f"{split_dir}: no images (.jpg/.png) found under {split_dir}/<emotion>/")
+    return files
+
+
+def usage_of(path):
+    prefix = path.name.split("_")[0]
+    return prefix if prefix in USAGE_TO_SPLIT else None
+
+
+def stratified_split(labels, fraction, seed):
+    """Indices (keep, held_out): `fraction` of every class held out, chosen by a seeded shuffle."""
+    generator = torch.Generator().manual_seed(seed)
+    held_out = []
+    for label in labels.unique():
+        members = (labels == label).nonzero().flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        held_out.append(members[: round(len(members) * fraction)])
+    held_out = torch.cat(held_out).sort().values
+    keep = torch.ones(len(labels), dtype=torch.bool)
+    keep[held_out] = False
+    return keep.nonzero().flatten(), held_out
+
+
+def as_split(images, labels):
+    return {"images": torch.stack(images) if isinstance(images, list) else images,
+            "labels": torch.tensor(labels, dtype=torch.long) if isinstance(labels, list) else labels}
+
+
+def read_image_folders(root, val_fraction, seed):
+    files = list_image_folders(root)
+    all_files = files["train"] + files["test"]
+    if all(usage_of(path) for path, _ in all_files):
+        # The original three-way split, recovered from the file names.
+        grouped = {split: ([], []) for split in USAGE_TO_SPLIT.values()}
+        for path, label in all_files:
+            images, labels = grouped[USAGE_TO_SPLIT[usage_of(path)]]
+            images.append(read_image(path))
+            labels.append(label)
+        return {split: as_split(*grouped[split]) for split in ("train", "val", "test")}
+    print(f"{root}: file names carry no Training_/PublicTest_/PrivateTest_ prefixes, so a stratified "
+          f"{val_fraction:.0%} validation split (seed {seed}) is carved from train/ and test/ is the test split")
+    train = as_split([read_image(p) for p, _ in files["train"]], [label for _, label in files["train"]])
+    test = as_split([read_image(p) for p, _ in files["test"]], [label for _, label in files["test"]])
+    keep, held_out = stratified_split(train["labels"], val_fraction, seed)
+    return {"train": as_split(train["images"][keep], train["labels"][keep]),
+            "val": as_split(train["images"][held_out], train["labels"][held_out]),
+            "test": test}
+
+
+def read_fer2013_csv(path):
+    """The original fer2013.csv: columns emotion, pixels (2304 numbers), Usage."""
+    grouped = {split: ([], []) for split in USAGE_TO_SPLIT.values()}
+    with open(path, newline="") as file:
+        reader = csv.DictReader(file)
+        missing = {"emotion", "pixels", "Usage"} - set(reader.fieldnames or [])
+        if missing:
+            raise DataError(f"{path}: expected the columns emotion,pixels,Usage; missing {', '.join(sorted(missing))} "
+                            f"(found: {', '.join(reader.fieldnames or []) or 'nothing'})")
+        for line_number, row in enumerate(reader, start=2):
+            try:
+                pixels = np.array(row["pixels"].split(), dtype=np.uint8).reshape(IMAGE_SIZE, IMAGE_SIZE)
+                label, split = int(row["emotion"]), USAGE_TO_SPLIT[row["Usage"]]
+                if not 0 <= label < len(EMOTIONS):
+                    raise ValueError(f"emotion {label} is not in 0..6")
+            except (ValueError, KeyError, AttributeError) as error:
+                raise DataError(f"{path}, line {line_number}: expected emotion 0-6, 2304 pixel values 0-255 "
+                                f"and Usage Training/PublicTest/PrivateTest ({error!r})") from None
+            grouped[split][0].append(torch.from_numpy(pixels))
+            grouped[split][1].append(label)
+    for split, (images, _) in grouped.items():
+        if not images:
+            raise DataError(f"{path}: no rows for the {split} split")
+    return {split: as_split(*grouped[split]) for split in ("train", "val", "test")}
+
+
+def source_fingerprint(source):
+    """Changes whenever a file under `source` is added, removed, resized or touched."""
+    digest = hashlib.sha1(str(source.resolve()).encode())
+    if source.is_file():
+        paths = [str(source)]
+    else:  # os.walk + os.stat: 4x faster than Path.rglob on 35,887 files
+        paths = sorted(os.path.join(folder, name) for folder, _, names in os.walk(source) for name in names
+                       if os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES)
+    for path in paths:
+        stat = os.stat(path)
+        digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+def load_fer2013(root=DEFAULT_DATA, val_fraction=0.1, seed=0, cache_dir=None):
+    """FER-2013 as {"train"|"val"|"test": {"images": uint8 [N, 48, 48], "labels": int64 [N]}}.
+
+    `root` is a Kaggle-layout folder, a fer2013.csv, or a folder holding fer2013.csv.
+    Decoding 35,887 JPEGs takes a while, so the tensors are cached on disk, keyed by a
+    fingerprint of the source files: a second load is a single torch.load."""
+    root = Path(root)
+    if root.is_dir() and not (root / "train").exists() and (root / "fer2013.csv").is_file():
+        root = root / "fer2013.csv"
+    if not root.exists():
+        raise DataError(f"{root}: dataset not found. {HOW_TO_GET_DATA}")
+    fingerprint = source_fingerprint(root)
+    cache_file = Path(cache_dir or CACHE_DIR) / f"fer2013-{fingerprint[:16]}-val{val_fraction}-seed{seed}.pt"
+    if cache_file.exists():
+        return torch.load(cache_file, weights_only=True)
+    print(f"decoding {root} (once; cached in {cache_file})")
+    splits = read_fer2013_csv(root) if root.is_file() else read_image_folders(root, val_fraction, seed)
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    save_atomically(splits, cache_file)
+    return splits
+
+
+def pixel_hashes(images):
+    return [hashlib.sha1(image.numpy().tobytes()).hexdigest() for image in images]
+
+
+def not_in_train_mask(images, train_images):
+    """True for each image with no pixel-identical copy in the training split (FER-2013 has ~8%)."""
+    train_hashes = set(pixel_hashes(train_images))
+    return torch.tensor([h not in train_hashes for h in pixel_hashes(images)], dtype=torch.bool)
+
+
+# -----------------------------------------------------------------------------
+# Augmentation: whole batches of tensors, on the batch's device
+
+
+def augment_batch(images, flip=True, rotate_degrees=10.0, zoom=0.1, translate=0.1, generator=None):
+    """Random flip, rotation, zoom and shift of float images [B, C, H, W].
+
+    All random numbers come from `generator` (or torch's global one) on the CPU, so a
+    seed gives the same augmentation on any device. The geometric part is one affine
+    grid_sample for all three transforms; "border" padding repeats the edge pixels like
+    the seed's Keras ImageDataGenerator(fill_mode="nearest")."""
+    count = images.shape[0]
+
+    def uniform(*shape):  # uniform in [-1, 1)
+        return (torch.rand(*shape, generator=generator) * 2 - 1).to(images.device)
+
+    if flip:
+        flipped = torch.rand(count, generator=generator).to(images.device) < 0.5
+        images = torch.where(flipped[:, None, None, None], images.flip(-1), images)
+    if rotate_degrees or zoom or translate:
+        angle = uniform(count) * math.radians(rotate_degrees)
+        scale = 1 + uniform(count) * zoom
+        shift = uniform(count, 2) * translate * 2  # grid coordinates span [-1, 1]: width 2
+        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+        theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+        grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
+        images = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return images
+
+
+# -----------------------------------------------------------------------------
+# Models: every model takes float images [B, 1, 48, 48] in [0, 1] and returns 7 logits
+
+# Mean and std of FER-2013's training pixels (in [0, 1]), measured on the real data.
+FER_MEAN, FER_STD = 0.508, 0.255
+
+
+class BaselineCNN(nn.Module):
+    """The seed README's CNN: three conv -> ReLU -> max-pool blocks (32, 64, 128 channels),
+    then Flatten -> Dropout(0.5) -> FC(512) -> ReLU -> Dropout(0.5) -> FC(7).
+    `batch_norm` and `width` are opt-in variants; the defaults are the seed's network."""
+
+    def __init__(self, num_classes=len(EMOTIONS), width=32, batch_norm=False):
+        super().__init__()
+        layers, channels = [], 1
+        for out_channels in (width, 2 * width, 4 * width):
+            layers.append(nn.Conv2d(channels, out_channels, 3, padding=1, bias=not batch_norm))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(out_channels))
+            layers += [nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            channels = out_channels
+        self.features = nn.Sequential(*layers)
+        side = IMAGE_SIZE // 8  # three 2x2 poolings: 48 -> 6
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Dropout(0.5), nn.Linear(channels * side * side, 512), nn.ReLU(inplace=True),
+            nn.Dropout(0.5), nn.Linear(512, num_classes))
+
+    def forward(self, images):
+        return self.classifier(self.features((images - FER_MEAN) / FER_STD))
+
+
+def build_model(config):
+    """Rebuild a model from a run's config: the only place that maps settings to a network."""
+    if config["arch"] == "baseline":
+        return BaselineCNN(width=config["width"], batch_norm=config["batch_norm"])
+    raise ValueError(f"unknown architecture {config['arch']!r}")
+
+
+def count_parameters(model, trainable_only=False):
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+# -----------------------------------------------------------------------------
+# Training loop
+
+
+def learning_rate(config, step, total_steps, plateau_factor):
+    """Learning rate at optimiser step `step`.
+
+    "cosine": linear warm-up over the first `warmup` fraction of the steps, then cosine
+    decay to zero (a one-cycle schedule: short runs converge much further than at a
+    constant rate). "plateau": the base rate times a factor that halves whenever the
+    validation accuracy stalls (the seed's ReduceLROnPlateau)."""
+    if config["schedule"] == "plateau":
+        return config["lr"] * plateau_factor
+    warmup_steps = max(1, round(config["warmup"] * total_steps))
+    if step < warmup_steps:
+        return config["lr"] * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return config["lr"] * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model, config):
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    if config["optimizer"] == "sgd":
+        return torch.optim.SGD(parameters, lr=config["lr"], momentum=0.9, nesterov=True,
+                               weight_decay=config["weight_decay"])
+    return torch.optim.AdamW(parameters, lr=config["lr"], weight_decay=config["weight_decay"])
+
+
+def class_weights(labels):
+    """Inverse-frequency weights, normalised to mean 1 (disgust is 1.5% of FER-2013)."""
+    counts = torch.bincount(labels, minlength=len(EMOTIONS)).float()
+    weights = counts.sum() / (len(EMOTIONS) * counts.clamp(min=1))
+    return weights / weights.mean()
+
+
+def autocast(device, enabled):
+    # bfloat16 keeps float32's range, so no loss scaling is needed (unlike float16).
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def to_device_images(images, device, channels_last):
+    """uint8 [N, 48, 48] -> uint8 [N, 1, 48, 48] resident on `device` (converted per batch)."""
+    images = images.unsqueeze(1).to(device)
+    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+
+
+def train_one_epoch(model, optimizer, loss_function, images, labels, config, epoch, progress):
+    """One pass over a shuffled copy of the training set. Returns (mean loss, accuracy, images/s)."""
+    model.train()
+    device = images.device
+    batch_size = config["batch_size"]
+    steps = len(images) // batch_size  # drop the ragged last batch: each epoch sees another shuffle
+    order = torch.randperm(len(images)).to(device)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device)
+    start = time.perf_counter()
+    for step in range(steps):
+        global_step = (epoch - 1) * steps + step
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(config, global_step, config["epochs"] * steps, progress["plateau_factor"])
+        batch = order[step * batch_size:(step + 1) * batch_size]
+        inputs = augment_batch(images[batch].float() / 255, flip=config["flip"], rotate_degrees=config["rotate"],
+                               zoom=config["zoom"], translate=config["translate"])
+        targets = labels[batch]
+        with autocast(device, config["amp"]):
+            logits = model(inputs)
+            loss = loss_function(logits.float(), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach() * len(batch)
+        correct += (logits.argmax(1) == targets).sum()
+        if sys.stdout.isatty() and step % 20 == 0:
+            seen = (step + 1) * batch_size
+            print(f"\r  epoch {epoch}: {seen}/{steps * batch_size} images, loss {loss_sum.item() / seen:.3f}, "
+                  f"{seen / (time.perf_counter() - start):.0f} images/s", end="", flush=True)
+    seen = steps * batch_size
+    if sys.stdout.isatty():
+        print("\r" + " " * 80 + "\r", end="")
+    return loss_sum.item() / seen, correct.item() / seen, seen / (time.perf_counter() - start)
+
+
+def format_seconds(seconds):
+    minutes, seconds = divmod(int(seconds), 60)
+    return f"{minutes}m{seconds:02d}s"
+
+
+def train(model, data, config, run_dir):
+    """Train `model` on data["train"], select on data["val"]; write everything into `run_dir`.
+
+    Resumable: if `run_dir` holds last.pt, training continues from it. Each epoch reseeds
+    torch from (seed, epoch), so the shuffle, augmentation and dropout of epoch k are the
+    same whether or not the run was interrupted before it."""
+    device = torch.device(config["device"])
+    memory_format = torch.channels_last if config["channels_last"] else torch.contiguous_format
+    model.to(device, memory_format=memory_format)
+    train_images = to_device_images(data["train"]["images"], device, config["channels_last"])
+    train_labels = data["train"]["labels"].to(device)
+    optimizer = make_optimizer(model, config)
+    weights = class_weights(data["train"]["labels"]).to(device) if config["class_weights"] else None
+    loss_function = nn.CrossEntropyLoss(weight=weights, label_smoothing=config["label_smoothing"])
+    progress = {"epoch": 0, "best_val_acc": -1.0, "epochs_since_best": 0, "plateau_factor": 1.0,
+                "elapsed_s": 0.0, "history": []}
+    if (run_dir / "last.pt").exists():
+        checkpoint = torch.load(run_dir / "last.pt", map_location=device, weights_only=True)
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        progress = checkpoint["progress"]
+        print(f"resuming {run_dir} after epoch {progress['epoch']}")
+
+    start = time.perf_counter() - progress["elapsed_s"]
+    first_epoch, elapsed_before = progress["epoch"] + 1, progress["elapsed_s"]
+    try:
+        for epoch in range(progress["epoch"] + 1, config["epochs"] + 1):
+            torch.manual_seed(config["seed"] * 1000 + epoch)
+            train_loss, train_acc, images_per_s = train_one_epoch(
+                model, optimizer, loss_function, train_images, train_labels, config, epoch, progress)
+            if not math.isfinite(train_loss):
+                raise FloatingPointError(f"training loss became {train_loss} in epoch {epoch}; "
+                                         f"try a lower --lr (now {config['lr']})")
+            val = evaluate(model, data["val"]["images"], data["val"]["labels"], device, config["amp"])
+            elapsed = time.perf_counter() - start
+            progress["history"].append({
+                "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val["loss"],
+                "val_acc": val["accuracy"], "lr": optimizer.param_groups[0]["lr"],
+                "images_per_s": images_per_s, "elapsed_s": elapsed})
+            improved = val["accuracy"] > progress["best_val_acc"]
+            progress.update(epoch=epoch, elapsed_s=elapsed,
+                            epochs_since_best=0 if improved else progress["epochs_since_best"] + 1)
+            if improved:
+                progress["best_val_acc"] = val["accuracy"]
+                save_atomically({"model": model.state_dict(), "config": config, "epoch": epoch,
+                                 "val_acc": val["accuracy"]}, run_dir / "best.pt")
+            if config["schedule"] == "plateau" and progress["epochs_since_best"] >= config["plateau_patience"] \
+                    and progress["epochs_since_best"] % config["plateau_patience"] == 0:
+                progress["plateau_factor"] *= 0.5
+            save_atomically({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "progress": progress, "config": config}, run_dir / "last.pt")
+            write_metrics(progress["history"], run_dir)
+            seconds_per_epoch = (elapsed - elapsed_before) / (epoch - first_epoch + 1)
+            eta = seconds_per_epoch * (config["epochs"] - epoch)
+            print(f"epoch {epoch:3d}/{config['epochs']}  train loss {train_loss:.3f} acc {train_acc:6.2%}  "
+                  f"val loss {val['loss']:.3f} acc {val['accuracy']:6.2%}{' *' if improved else '  '}  "
+                  f"lr {optimizer.param_groups[0]['lr']:.2e}  {images_per_s:4.0f} img/s  "
+                  f"elapsed {format_seconds(elapsed)}  eta {format_seconds(eta)}", flush=True)
+            if config["early_stop"] and progress["epochs_since_best"] >= config["early_stop"]:
+                print(f"early stop: no validation improvement for {config['early_stop']} epochs")
+                break
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {run_dir / 'last.pt'} holds epoch {progress['epoch']}; "
+              f"continue with --resume {run_dir}")
+        progress["interrupted"] = True
+    return progress
+
+
+# -----------------------------------------------------------------------------
+# Evaluation
+
+
+@torch.inference_mode()
+def predict_probabilities(model, images, device, amp=False, tta=False, batch_size=512):
+    """Class probabilities [N, 7] for uint8 images [N, 48, 48]. `tta` averages the
+    prediction of each image with that of its mirror image (faces are near symmetric)."""
+    model.eval()
+    probabilities = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size].unsqueeze(1).to(device).float() / 255
+        with autocast(device, amp):
+            batch_probabilities = model(batch).float().softmax(1)
+            if tta:
+                batch_probabilities = (batch_probabilities + model(batch.flip(-1)).float().softmax(1)) / 2
+        probabilities.append(batch_probabilities.cpu())
+    return torch.cat(probabilities)
+
+
+def evaluate(model, images, labels, device, amp=False, tta=False):
+    probabilities = predict_probabilities(model, images, device, amp, tta)
+    return {"loss": F.nll_loss(probabilities.clamp(min=1e-12).log(), labels).item(),
+            "accuracy": (probabilities.argmax(1) == labels).float().mean().item(),
+            "probabilities": probabilities}
+
+
+def confusion_matrix(labels, predictions, num_classes=len(EMOTIONS)):
+    """counts[true, predicted]."""
+    return torch.bincount(labels * num_classes + predictions, minlength=num_classes ** 2).view(num_classes, -1)
+
+
+def classification_report(labels, predictions):
+    """Accuracy, per-class precision / recall / F1 / support, and macro-F1."""
+    counts = confusion_matrix(labels, predictions).double()
+    true_positives = counts.diag()
+    precision = true_positives / counts.sum(0).clamp(min=1)
+    recall = true_positives / counts.sum(1).clamp(min=1)
+    f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+    per_class = {name: {"precision": precision[i].item(), "recall": recall[i].item(), "f1": f1[i].item(),
+                        "support": int(counts[i].sum())} for i, name in enumerate(EMOTIONS)}
+    return {"accuracy": (true_positives.sum() / counts.sum()).item(), "macro_f1": f1.mean().item(),
+            "per_class": per_class, "confusion": counts.long().tolist()}
+
+
+# -----------------------------------------------------------------------------
+# Command line: the settings every training script shares
+
+
+def add_training_arguments(parser, **defaults):
+    """The data, recipe and run options of train_baseline.py and train_transfer.py.
+    `defaults` sets each script's own recipe (epochs=..., lr=...)."""
+    add = parser.add_argument
+    add("--data", default=DEFAULT_DATA, help="Kaggle-layout folder or fer2013.csv (default: $FER_DATA or %(default)s)")
+    add("--name", help="run folder suffix (default: the architecture)")
+    add("--epochs", type=int, help="training epochs (default: %(default)s)")
+    add("--batch-size", type=int, help="images per step (default: %(default)s)")
+    add("--optimizer", choices=["adamw", "sgd"], help="adamw (Adam with decoupled weight decay) or sgd "
+        "(Nesterov momentum 0.9) (default: %(default)s)")
+    add("--lr", type=float, help="peak learning rate (default: %(default)s)")
+    add("--weight-decay", type=float, help="(default: %(default)s)")
+    add("--schedule", choices=["cosine", "plateau"], help="cosine: warm-up then cosine decay to 0; plateau: "
+        "halve the rate when validation accuracy stalls (default: %(default)s)")
+    add("--warmup", type=float, help="fraction of steps for linear warm-up, cosine schedule (default: %(default)s)")
+    add("--plateau-patience", type=int, default=5, help="epochs without improvement before halving (default: %(default)s)")
+    add("--early-stop", type=int, default=0, help="stop after N epochs without improvement, 0 = never (default: %(default)s)")
+    add("--label-smoothing", type=float, help="(default: %(default)s)")
+    add("--class-weights", action="store_true", help="weight the loss by inverse class frequency")
+    add("--no-flip", dest="flip", action="store_false", help="turn off random horizontal flips")
+    add("--rotate", type=float, default=10.0, help="max rotation in degrees, 0 = off (default: %(default)s)")
+    add("--zoom", type=float, default=0.1, help="max zoom in or out, 0 = off (default: %(default)s)")
+    add("--translate", type=float, default=0.1, help="max shift as a fraction of the size, 0 = off (default: %(default)s)")
+    add("--no-channels-last", dest="channels_last", action="store_false", help="keep the NCHW memory layout")
+    add("--amp", choices=["auto", "on", "off"], default="auto", help="bfloat16 autocast; auto = on for CUDA and "
+        "for CPUs with bf16 instructions (default: %(default)s)")
+    add("--seed", type=int, default=0, help="(default: %(default)s)")
+    add("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    add("--resume", metavar="RUN", help="continue the interrupted run in folder RUN with its own settings")
+    parser.set_defaults(**defaults)
+
+
+def resolve_config(args, arch):
+    """The argparse namespace -> the run's config dict, with automatic choices made explicit."""
+    config = dict(vars(args), arch=arch)
+    device = pick_device(args.device)
+    bf16_cpu = device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    config.update(device=str(device), name=args.name or arch, data=str(args.data),
+                  amp={"on": True, "off": False, "auto": device.type == "cuda" or bf16_cpu}[args.amp])
+    del config["resume"]
+    return config
+
+
+# -----------------------------------------------------------------------------
+# Run folders: runs/<timestamp>-<name>/ with config.json, metrics.jsonl, curves.png, best.pt, last.pt
+
+
+def save_atomically(obj, path):
+    """torch.save to a temporary file, then rename: an interrupted save never leaves half a file."""
+    temporary = Path(path).with_suffix(".tmp")
+    torch.save(obj, temporary)
+    os.replace(temporary, path)
+
+
+def git_commit():
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_DIR, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def make_run_dir(config, runs_dir="runs"):
+    """Create runs/<timestamp>-<name>/ and write its config.json (every resolved setting)."""
+    run_dir = Path(runs_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}-{config['name']}"
+    run_dir.mkdir(parents=True, exist_ok=False)
+    config.update(torch_version=str(torch.__version__), git_commit=git_commit(), run_dir=str(run_dir))
+    (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return run_dir
+
+
+def load_run(run_dir, device, checkpoint="best.pt"):
+    """(model with the run's best weights, the run's config), rebuilt from the run folder alone."""
+    run_dir = Path(run_dir)
+    if not (run_dir / checkpoint).is_file():
+        raise DataError(f"{run_dir / checkpoint}: no checkpoint; expected a run folder written by train_*.py")
+    state = torch.load(run_dir / checkpoint, map_location=device, weights_only=True)
+    model = build_model(state["config"])
+    model.load_state_dict(state["model"])
+    return model.to(device), state["config"]
+
+
+def write_metrics(history, run_dir):
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in history))
+    plot_curves(history, run_dir / "curves.png")
+
+
+def plot_curves(history, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in history]
+    figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(10, 4))
+    for split, style in (("train", "-"), ("val", "--")):
+        loss_axes.plot(epochs, [row[f"{split}_loss"] for row in history], style, label=split)
+        accuracy_axes.plot(epochs, [100 * row[f"{split}_acc"] for row in history], style, label=split)
+    loss_axes.set(title="loss", xlabel="epoch")
+    accuracy_axes.set(title="accuracy (%)", xlabel="epoch")
+    for axes in (loss_axes, accuracy_axes):
+        axes.grid(alpha=0.3)
+        axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

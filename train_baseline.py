@@ -1,0 +1,50 @@
+"""
+Train the seed's baseline CNN on FER-2013 and write a run folder under runs/.
+
+    python train_baseline.py                          # the fast default recipe
+    python train_baseline.py --epochs 5               # a quick run
+    python train_baseline.py --resume runs/DIR        # continue an interrupted run
+    python train_baseline.py --optimizer adamw --lr 1e-3 --weight-decay 0 --schedule plateau \\
+        --epochs 50 --early-stop 10 --batch-size 64 --label-smoothing 0   # the seed's recipe
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+import fer
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    fer.add_training_arguments(parser, epochs=30, batch_size=128, optimizer="adamw", lr=2e-3, weight_decay=5e-4,
+                               schedule="cosine", warmup=0.1, label_smoothing=0.1)
+    parser.add_argument("--width", type=int, default=32, help="channels of the first conv (default: %(default)s)")
+    parser.add_argument("--batch-norm", action="store_true", help="add BatchNorm after each conv (a variant)")
+    args = parser.parse_args()
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        config = json.loads((run_dir / "config.json").read_text())
+    else:
+        config = fer.resolve_config(args, arch="baseline")
+    try:
+        data = fer.load_fer2013(config["data"], seed=config["seed"])
+    except fer.DataError as error:
+        sys.exit(f"error: {error}")
+    if not args.resume:
+        run_dir = fer.make_run_dir(config)
+    torch.manual_seed(config["seed"])
+    model = fer.build_model(config)
+    print(f"{run_dir}: {fer.count_parameters(model):,} parameters, {len(data['train']['labels']):,} training "
+          f"images, device {config['device']}, bf16 autocast {'on' if config['amp'] else 'off'}")
+    progress = fer.train(model, data, config, run_dir)
+    print(f"best validation accuracy {progress['best_val_acc']:.2%}; evaluate with: python evaluate.py --run {run_dir}")
+    if progress.get("interrupted"):
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
