@@ -5,9 +5,14 @@ FER_DATA ?= data/fer2013
 export FER_DATA
 EPOCHS   ?=
 ARGS     ?=
-# The run that evaluate/gradcam look at; default: the newest folder under runs/.
-RUN      ?= $(shell ls -td runs/*/ 2>/dev/null | head -n 1)
-NEWEST_RUN = $$(ls -td runs/*/ | head -n 1)
+# A FER-2013 download for make data to unpack: make data ARCHIVE=~/Downloads/archive.zip
+ARCHIVE  ?=
+# The photos predict looks at: make predict IMAGES="a.jpg b.jpg".
+IMAGES   ?=
+# The run that evaluate, gradcam and predict look at; default: the newest folder under runs/.
+# (Folder names start with a timestamp, so the last name is the newest run.)
+RUN      ?= $(shell ls -d runs/*/ 2>/dev/null | tail -n 1)
+NEWEST_RUN = $$(ls -d runs/*/ | tail -n 1)
 EPOCHS_FLAG = $(if $(EPOCHS),--epochs $(EPOCHS))
 
 .DEFAULT_GOAL := help
@@ -18,9 +23,11 @@ help:  ## list the targets and their variables
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed -E 's/^([a-z-]+):.*## (.*)/  make \1|\2/' | column -t -s '|'
 	@echo "variables (make baseline EPOCHS=5):"
 	@echo "  FER_DATA=$(FER_DATA)   dataset folder (Kaggle layout) or fer2013.csv"
+	@echo "  ARCHIVE=file           for make data: a downloaded archive.zip, fer2013.zip, fer2013.csv or .tar.gz"
 	@echo "  EPOCHS=n               training epochs (default: the script's recipe)"
 	@echo "  ARGS='...'             more flags for the script, e.g. ARGS='--batch-norm --lr 1e-3'"
-	@echo "  RUN=runs/DIR           run folder for evaluate (default: newest, now $(or $(RUN),none))"
+	@echo "  RUN=runs/DIR           run folder for evaluate, gradcam, predict (default: newest, now $(or $(RUN),none))"
+	@echo "  IMAGES='a.jpg b.jpg'   photos for predict"
 
 install: $(VENV)  ## create .venv and install requirements.txt (again only when it changes)
 $(VENV): requirements.txt
@@ -28,8 +35,8 @@ $(VENV): requirements.txt
 	.venv/bin/pip install -r requirements.txt
 	touch $@
 
-data: $(VENV)  ## check the dataset at FER_DATA, or say where to get it
-	$(PYTHON) get_data.py
+data: $(VENV)  ## get FER-2013 into FER_DATA: check it, else unpack ARCHIVE (or one in data/), else download it
+	$(PYTHON) get_data.py $(if $(ARCHIVE),--archive "$(ARCHIVE)")
 
 baseline: data  ## train the baseline CNN (fast recipe), then evaluate it on PrivateTest
 	$(PYTHON) train_baseline.py $(EPOCHS_FLAG) $(ARGS)
@@ -43,6 +50,20 @@ baseline-seed: data  ## the same CNN with the seed's recipe (Adam 1e-3, plateau,
 evaluate: $(VENV)  ## evaluate RUN on PrivateTest (ARGS='--split val' for PublicTest)
 	@test -n "$(RUN)" || { echo "no run folder under runs/: train one first (make baseline)"; exit 1; }
 	$(PYTHON) evaluate.py --run $(RUN) $(ARGS)
+
+.PHONY: gradcam
+gradcam: $(VENV)  ## Grad-CAM of RUN: per-class grids, class-mean maps (ARGS='--image face.jpg')
+	@test -n "$(RUN)" || { echo "no run folder under runs/: train one first (make baseline)"; exit 1; }
+	$(PYTHON) gradcam.py --run $(RUN) $(ARGS)
+
+.PHONY: install-predict predict
+install-predict: $(VENV)  ## also install OpenCV, which predict needs to find faces in photos
+	.venv/bin/pip install -r requirements-predict.txt
+
+predict: $(VENV)  ## emotions of the faces in IMAGES, with RUN's model (ARGS='--tta --no-detect ...')
+	@test -n "$(RUN)" || { echo "no run folder under runs/: train one first (make baseline)"; exit 1; }
+	@test -n "$(IMAGES)" || { echo "name the photos: make predict IMAGES='a.jpg b.jpg'"; exit 1; }
+	$(PYTHON) predict.py --run $(RUN) $(ARGS) $(IMAGES)
 
 test: $(VENV)  ## run the test suite (uses the real data too when FER_DATA names a copy)
 	$(PYTHON) -m pytest -q tests

@@ -47,7 +47,7 @@ USAGE_TO_SPLIT = {"Training": "train", "PublicTest": "val", "PrivateTest": "test
 HOW_TO_GET_DATA = (
     "Get FER-2013 from https://www.kaggle.com/datasets/msambare/fer2013 (folders train/ and test/) "
     "or the original fer2013.csv, put it at data/fer2013 (or point --data / FER_DATA at it), "
-    "and check it with `make data`."
+    "or run `make data`, which downloads it or unpacks the archive you downloaded."
 )
 
 
@@ -132,6 +132,10 @@ def read_image_folders(root, val_fraction, seed):
             images, labels = grouped[USAGE_TO_SPLIT[usage_of(path)]]
             images.append(read_image(path))
             labels.append(label)
+        for usage, split in USAGE_TO_SPLIT.items():
+            if not grouped[split][0]:
+                raise DataError(f"{root}: no {usage}_* images; expected Training_ files in train/ "
+                                f"and PublicTest_ and PrivateTest_ files in test/")
         return {split: as_split(*grouped[split]) for split in ("train", "val", "test")}
     print(f"{root}: file names carry no Training_/PublicTest_/PrivateTest_ prefixes, so a stratified "
           f"{val_fraction:.0%} validation split (seed {seed}) is carved from train/ and test/ is the test split")
@@ -171,7 +175,8 @@ def read_fer2013_csv(path):
 
 def source_fingerprint(source):
     """Changes whenever a file under `source` is added, removed, resized or touched."""
-    digest = hashlib.sha1(str(source.resolve()).encode())
+    source = source.resolve()  # the same key for ../shared/data and /work/shared/data
+    digest = hashlib.sha1(str(source).encode())
     if source.is_file():
         paths = [str(source)]
     else:  # os.walk + os.stat: 4x faster than Path.rglob on 35,887 files
@@ -276,10 +281,133 @@ class BaselineCNN(nn.Module):
         return self.classifier(self.features((images - FER_MEAN) / FER_STD))
 
 
-def build_model(config):
-    """Rebuild a model from a run's config: the only place that maps settings to a network."""
+# ImageNet's normalisation for a gray image: the mean of the per-channel (R, G, B) values
+# (0.485, 0.456, 0.406) and (0.229, 0.224, 0.225).
+IMAGENET_MEAN, IMAGENET_STD = 0.449, 0.226
+# The attribute holding each torchvision network's ImageNet classifier, which we replace.
+HEAD_ATTRIBUTE = {"resnet18": "fc", "vgg16": "classifier", "mobilenet_v2": "classifier"}
+
+
+class TransferNet(nn.Module):
+    """A torchvision ImageNet network for FER: images upsampled to `input_size`, a 1-channel
+    first conv, the ImageNet classifier replaced by global average pooling -> Dropout -> FC(7).
+
+    At 48x48 the stock networks (stride 32) end on a 2x2 feature map, too coarse for faces;
+    upsampling gives the pretrained filters faces at a scale closer to ImageNet's objects."""
+
+    def __init__(self, arch, input_size=96):
+        super().__init__()
+        import torchvision
+
+        self.arch, self.input_size = arch, input_size
+        self.backbone = getattr(torchvision.models, arch)(weights=None)
+        if arch == "vgg16":  # VGG's 7x7 pooling + 120M-parameter classifier -> global average pooling
+            self.backbone.avgpool = nn.AdaptiveAvgPool2d(1)
+        feature_size = {"resnet18": 512, "vgg16": 512, "mobilenet_v2": 1280}[arch]
+        setattr(self.backbone, HEAD_ATTRIBUTE[arch], nn.Flatten())
+        self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(feature_size, len(EMOTIONS)))
+        self.frozen_blocks = []
+
+    def features(self, images):
+        images = F.interpolate(images, size=self.input_size, mode="bilinear", align_corners=False)
+        return self.backbone((images - IMAGENET_MEAN) / IMAGENET_STD)
+
+    def forward(self, images):
+        return self.head(self.features(images))
+
+    def blocks(self):
+        """The backbone's stages, input to output: the units that --unfreeze N counts from the top."""
+        net = self.backbone
+        if self.arch == "resnet18":
+            return [[net.conv1, net.bn1], [net.layer1], [net.layer2], [net.layer3], [net.layer4]]
+        if self.arch == "vgg16":  # the five conv stages, each ending in a max-pool
+            stages, stage = [], []
+            for layer in net.features:
+                stage.append(layer)
+                if isinstance(layer, nn.MaxPool2d):
+                    stages, stage = stages + [stage], []
+            return stages
+        return [[block] for block in net.features]  # mobilenet_v2: 19 blocks
+
+    def freeze(self, unfreeze):
+        """Train only the head and the top `unfreeze` blocks ("all": every block)."""
+        blocks = self.blocks()
+        trainable = len(blocks) if unfreeze == "all" else int(unfreeze)
+        self.frozen_blocks = blocks[:len(blocks) - trainable]
+        for block in blocks:
+            for parameter in nn.ModuleList(block).parameters():
+                parameter.requires_grad = block not in self.frozen_blocks
+
+    def train(self, mode=True):
+        # Frozen blocks stay in eval mode: their BatchNorm layers keep the pretrained running
+        # statistics instead of drifting towards FER batches they cannot adapt to.
+        super().train(mode)
+        for block in self.frozen_blocks:
+            nn.ModuleList(block).eval()
+        return self
+
+
+def first_conv(module):
+    return next((name, layer) for name, layer in module.named_modules() if isinstance(layer, nn.Conv2d))
+
+
+def convert_to_grayscale(model):
+    """Replace the RGB first conv by a 1-channel conv with the sum of the RGB filters.
+
+    A gray image shown to an RGB network has R = G = B, so the RGB conv computes
+    (W_red + W_green + W_blue) * gray: one conv with the summed filters (3x their mean)
+    gives the same activations for a third of the cost, so everything after it, frozen
+    BatchNorm statistics included, sees what it saw in ImageNet training."""
+    name, conv = first_conv(model.backbone)
+    gray = nn.Conv2d(1, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None)
+    with torch.no_grad():
+        gray.weight.copy_(conv.weight.sum(1, keepdim=True))
+        if conv.bias is not None:
+            gray.bias.copy_(conv.bias)
+    parent, _, attribute = name.rpartition(".")
+    setattr(model.backbone.get_submodule(parent), attribute, gray)
+
+
+def imagenet_weights(arch):
+    """torchvision's ImageNet weights: downloaded once into $TORCH_HOME/hub/checkpoints, then read
+    from there. Offline without that file: an error that names the two ways out."""
+    import torchvision
+
+    weights = torchvision.models.get_model_weights(arch).IMAGENET1K_V1
+    try:
+        return weights.get_state_dict(progress=True)
+    except OSError as error:  # URLError is an OSError
+        checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
+        raise DataError(
+            f"ImageNet weights for {arch} are not in {checkpoints} and cannot be downloaded ({error}). "
+            f"Either download {weights.url} into {checkpoints}/, or pass --weights-path FILE "
+            f"(a state dict of torchvision's {arch}), or --weights none to train from scratch on purpose") from None
+
+
+def load_backbone_weights(model, state_dict, source):
+    """Load a torchvision state dict into the backbone: the original classifier is ignored,
+    every other tensor must match (strict), so a wrong file fails loudly instead of silently
+    leaving random weights."""
+    head = HEAD_ATTRIBUTE[model.arch] + "."
+    state_dict = {key: value for key, value in state_dict.items() if not key.startswith(head)}
+    missing, unexpected = model.backbone.load_state_dict(state_dict, strict=False)
+    if missing or unexpected:
+        raise DataError(f"{source}: not a {model.arch} backbone; missing keys {missing[:4]}, "
+                        f"unexpected keys {unexpected[:4]} (of {len(missing)} and {len(unexpected)})")
+
+
+def build_model(config, backbone_weights=None):
+    """Rebuild a model from a run's config: the only place that maps settings to a network.
+    `backbone_weights`: a pretrained torchvision state dict to start a transfer model from."""
     if config["arch"] == "baseline":
         return BaselineCNN(width=config["width"], batch_norm=config["batch_norm"])
+    if config["arch"] in HEAD_ATTRIBUTE:
+        model = TransferNet(config["arch"], config["input_size"])
+        if backbone_weights is not None:
+            load_backbone_weights(model, backbone_weights, config["weights"])
+        convert_to_grayscale(model)
+        model.freeze(config["unfreeze"])
+        return model
     raise ValueError(f"unknown architecture {config['arch']!r}")
 
 
@@ -327,10 +455,10 @@ def autocast(device, enabled):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def to_device_images(images, device, channels_last):
-    """uint8 [N, 48, 48] -> uint8 [N, 1, 48, 48] resident on `device` (converted per batch)."""
-    images = images.unsqueeze(1).to(device)
-    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+def as_model_input(batch):
+    """uint8 images [B, 48, 48] -> float [B, 1, 48, 48] in [0, 1]. Anything else (the cached
+    feature vectors of feature extraction) is already model input."""
+    return batch.unsqueeze(1).float() / 255 if batch.dtype == torch.uint8 else batch
 
 
 def train_one_epoch(model, optimizer, loss_function, images, labels, config, epoch, progress):
@@ -348,8 +476,10 @@ def train_one_epoch(model, optimizer, loss_function, images, labels, config, epo
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, global_step, config["epochs"] * steps, progress["plateau_factor"])
         batch = order[step * batch_size:(step + 1) * batch_size]
-        inputs = augment_batch(images[batch].float() / 255, flip=config["flip"], rotate_degrees=config["rotate"],
-                               zoom=config["zoom"], translate=config["translate"])
+        inputs = as_model_input(images[batch])
+        if images.dtype == torch.uint8:
+            inputs = augment_batch(inputs, flip=config["flip"], rotate_degrees=config["rotate"],
+                                   zoom=config["zoom"], translate=config["translate"])
         targets = labels[batch]
         with autocast(device, config["amp"]):
             logits = model(inputs)
@@ -383,7 +513,9 @@ def train(model, data, config, run_dir):
     device = torch.device(config["device"])
     memory_format = torch.channels_last if config["channels_last"] else torch.contiguous_format
     model.to(device, memory_format=memory_format)
-    train_images = to_device_images(data["train"]["images"], device, config["channels_last"])
+    # The whole training set stays on the device as uint8 (28,709 x 48 x 48 = 66 MB): batches
+    # are index slices, so there is no DataLoader and no worker process.
+    train_images = data["train"]["images"].to(device)
     train_labels = data["train"]["labels"].to(device)
     optimizer = make_optimizer(model, config)
     weights = class_weights(data["train"]["labels"]).to(device) if config["class_weights"] else None
@@ -453,7 +585,7 @@ def predict_probabilities(model, images, device, amp=False, tta=False, batch_siz
     model.eval()
     probabilities = []
     for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size].unsqueeze(1).to(device).float() / 255
+        batch = as_model_input(images[start:start + batch_size].to(device))
         with autocast(device, amp):
             batch_probabilities = model(batch).float().softmax(1)
             if tta:
@@ -485,6 +617,70 @@ def classification_report(labels, predictions):
                         "support": int(counts[i].sum())} for i, name in enumerate(EMOTIONS)}
     return {"accuracy": (true_positives.sum() / counts.sum()).item(), "macro_f1": f1.mean().item(),
             "per_class": per_class, "confusion": counts.long().tolist()}
+
+
+# -----------------------------------------------------------------------------
+# Grad-CAM: where in the image the evidence for a class was found (Selvaraju et al., 2017)
+
+
+def last_conv_layer(model):
+    """The default target, found the same way in any network: the last nn.Conv2d in module order
+    (its maps are the most class-specific ones that still have a layout), taken after the ReLU that
+    directly follows it (after a BatchNorm, if any) when there is one.
+
+    Rectified maps, as in the Grad-CAM paper: the ReLU zeroes a negative pre-activation, so it cannot
+    lower a score, yet it would pull the map down. On our first baseline run, 39% of the PrivateTest
+    maps of the last conv itself came out all zero; of its ReLU, none did."""
+    modules = list(model.modules())
+    positions = [i for i, module in enumerate(modules) if isinstance(module, nn.Conv2d)]
+    if not positions:
+        raise ValueError(f"{type(model).__name__} has no nn.Conv2d; name a target layer")
+    for following in modules[positions[-1] + 1:positions[-1] + 3]:
+        if isinstance(following, (nn.ReLU, nn.ReLU6)):
+            return following
+        if not isinstance(following, nn.BatchNorm2d):
+            break
+    return modules[positions[-1]]
+
+
+def grad_cam(model, images, classes=None, layer=None):
+    """Grad-CAM maps [B, H, W] in [0, 1] for float images [B, C, H, W]: where the output of `layer`
+    (default: last_conv_layer) raised the score of `classes` (default: each image's predicted class).
+
+    Each channel is weighted by the spatial mean of the class score's gradient; the map is the ReLU
+    of the weighted sum of channels, upsampled (bilinear) to the image size, divided by its maximum."""
+    model.eval()  # no dropout: explain the prediction the model really makes
+    layer = layer or last_conv_layer(model)
+    outputs = []
+
+    def keep_output(module, inputs, output):
+        outputs.append(output)
+        # Hand the rest of the network a copy: an in-place ReLU after the layer (as after every conv
+        # of BaselineCNN) would otherwise overwrite the kept tensor, and the map of a conv would
+        # silently become the map of its ReLU.
+        return output.clone()
+
+    # The input requires grad so the activations do too, also in a model with frozen layers.
+    images = images.detach().requires_grad_(True)
+    handle = layer.register_forward_hook(keep_output)
+    try:
+        with torch.enable_grad():
+            logits = model(images)
+    finally:
+        handle.remove()  # never leave a hook behind, even when the forward pass raises
+    if len(outputs) != 1:
+        raise ValueError(f"the target layer ran {len(outputs)} times in one forward pass; expected once")
+    activations = outputs[0]
+    classes = logits.argmax(1) if classes is None else torch.as_tensor(classes, device=logits.device)
+    # In eval mode images do not interact, so the gradient of the summed scores is each image's own.
+    # autograd.grad rather than a backward hook: it stops at the layer, leaves the parameters' .grad
+    # alone, and works with in-place ops (a full backward hook raises on the in-place ReLU).
+    score = logits.gather(1, classes.view(-1, 1)).sum()
+    [gradients] = torch.autograd.grad(score, activations)
+    weights = gradients.mean((2, 3), keepdim=True)
+    cams = F.relu((weights * activations).sum(1, keepdim=True)).detach()
+    cams = F.interpolate(cams, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    return cams / cams.amax((1, 2), keepdim=True).clamp(min=1e-12)
 
 
 # -----------------------------------------------------------------------------

@@ -70,6 +70,7 @@ def test_second_load_comes_from_the_cache_and_a_changed_source_invalidates_it(ka
     (lambda root: [os.rename(root / "train" / "sad", root / "train" / "sadness"), root][1], "unknown class folder 'sadness'"),
     (lambda root: [[p.unlink() for p in (root / "test").rglob("*.png")], root][1], "no images"),
     (lambda root: [(root / "train" / "fear" / "Training_x.jpg").write_text("not a jpeg"), root][1], "cannot decode"),
+    (lambda root: [[p.unlink() for p in (root / "test").rglob("PrivateTest_*")], root][1], "no PrivateTest_"),
 ])
 def test_bad_folder_input_raises_one_clear_error_naming_the_path(kaggle_folder, breakage, expected):
     with pytest.raises(fer.DataError, match=expected) as error:
