@@ -5,6 +5,7 @@ Everything the scripts share lives here, in the order a reader needs it:
 data -> augmentation -> models -> training loop -> evaluation -> run folders.
 The scripts (train_baseline.py, evaluate.py, ...) only parse arguments and call in.
 """
+import atexit
 import csv
 import hashlib
 import json
@@ -13,12 +14,15 @@ import os
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 # FER-2013's label order: the integer label of each emotion is its index here.
 EMOTIONS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
@@ -35,7 +39,35 @@ class DataError(Exception):
 def pick_device(requested=None):
     if requested:
         return torch.device(requested)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # Under torchrun each process on a machine takes its own GPU.
+    return torch.device(f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu")
+
+
+# Distributed (torchrun): the same scripts run as N processes, each with a shard of every batch.
+def init_distributed():
+    """Join torchrun's process group when torchrun started us (it sets RANK and WORLD_SIZE);
+    otherwise do nothing. Only rank 0 prints; the others' output would repeat it."""
+    if "RANK" not in os.environ or dist.is_initialized():
+        return
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    # A rank that dies makes the others' next collective fail after this timeout instead of hanging.
+    dist.init_process_group(backend, timeout=timedelta(seconds=int(os.environ.get("FER_DIST_TIMEOUT", 300))))
+    atexit.register(dist.destroy_process_group)
+    if dist.get_rank() != 0:
+        sys.stdout = open(os.devnull, "w")
+
+
+def rank_and_world_size():
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def sum_across_ranks(numbers, device):
+    """Each number summed over all processes (every process gets the sums); alone: unchanged."""
+    if not dist.is_initialized():
+        return numbers
+    tensor = torch.tensor(numbers, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
 
 
 # -----------------------------------------------------------------------------
@@ -313,6 +345,8 @@ class TransferNet(nn.Module):
         return self.backbone((images - IMAGENET_MEAN) / IMAGENET_STD)
 
     def forward(self, images):
+        if images.dim() == 2:  # cached backbone outputs [B, D] (feature extraction): only the head runs
+            return self.head(images)
         return self.head(self.features(images))
 
     def blocks(self):
@@ -396,6 +430,49 @@ def load_backbone_weights(model, state_dict, source):
                         f"unexpected keys {unexpected[:4]} (of {len(missing)} and {len(unexpected)})")
 
 
+def starting_weights(config):
+    """The pretrained state dict a transfer run starts from, or None for --weights none."""
+    if config["weights"] == "none":
+        return None
+    if config["weights"] == "imagenet":
+        return imagenet_weights(config["arch"])
+    path = Path(config["weights_path"])
+    if not path.is_file():
+        raise DataError(f"{path}: no such weights file; expected a state dict of torchvision's {config['arch']}")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@torch.inference_mode()
+def cached_features(model, data, config):
+    """The backbone's output for every image of every split, computed once and cached on disk.
+
+    In feature extraction the backbone is frozen, so its output for an image never changes:
+    computing it once instead of in every epoch makes training the head take seconds. (The
+    price: no augmentation, since every view of an image would need its own features.)"""
+    digest = hashlib.sha1(f"{config['arch']}-{config['input_size']}-{config['amp']}".encode())
+    for tensor in model.backbone.state_dict().values():
+        digest.update(tensor.cpu().float().numpy().tobytes())
+    for split in data.values():
+        digest.update(split["images"].numpy().tobytes())
+    cache_file = CACHE_DIR / f"features-{config['arch']}-{digest.hexdigest()[:16]}.pt"
+    if cache_file.exists():
+        return torch.load(cache_file, weights_only=True)
+    device = torch.device(config["device"])
+    model.to(device).eval()
+    features = {}
+    for split, part in data.items():
+        print(f"computing {config['arch']} features of the {len(part['images']):,} {split} images")
+        batches = []
+        for start in range(0, len(part["images"]), 256):
+            with autocast(device, config["amp"]):
+                batches.append(model.features(as_model_input(part["images"][start:start + 256].to(device))).float().cpu())
+        # Stored under "images" so that train() and evaluate() take them like any split.
+        features[split] = {"images": torch.cat(batches), "labels": part["labels"]}
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    save_atomically(features, cache_file)
+    return features
+
+
 def build_model(config, backbone_weights=None):
     """Rebuild a model from a run's config: the only place that maps settings to a network.
     `backbone_weights`: a pretrained torchvision state dict to start a transfer model from."""
@@ -404,7 +481,7 @@ def build_model(config, backbone_weights=None):
     if config["arch"] in HEAD_ATTRIBUTE:
         model = TransferNet(config["arch"], config["input_size"])
         if backbone_weights is not None:
-            load_backbone_weights(model, backbone_weights, config["weights"])
+            load_backbone_weights(model, backbone_weights, config["weights_path"] or config["weights"])
         convert_to_grayscale(model)
         model.freeze(config["unfreeze"])
         return model
@@ -436,11 +513,18 @@ def learning_rate(config, step, total_steps, plateau_factor):
 
 
 def make_optimizer(model, config):
-    parameters = [p for p in model.parameters() if p.requires_grad]
+    """AdamW or SGD over the trainable parameters. A pretrained backbone learns at
+    `backbone_lr_scale` times the head's rate: fine-tuning adapts its features without
+    wrecking them while the new head is still random."""
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    backbone = [p for name, p in trainable if name.startswith("backbone.")]
+    groups = [{"params": [p for name, p in trainable if not name.startswith("backbone.")], "lr_scale": 1.0}]
+    if backbone:
+        groups.append({"params": backbone, "lr_scale": config["backbone_lr_scale"]})
     if config["optimizer"] == "sgd":
-        return torch.optim.SGD(parameters, lr=config["lr"], momentum=0.9, nesterov=True,
+        return torch.optim.SGD(groups, lr=config["lr"], momentum=0.9, nesterov=True,
                                weight_decay=config["weight_decay"])
-    return torch.optim.AdamW(parameters, lr=config["lr"], weight_decay=config["weight_decay"])
+    return torch.optim.AdamW(groups, lr=config["lr"], weight_decay=config["weight_decay"])
 
 
 def class_weights(labels):
@@ -462,20 +546,27 @@ def as_model_input(batch):
 
 
 def train_one_epoch(model, optimizer, loss_function, images, labels, config, epoch, progress):
-    """One pass over a shuffled copy of the training set. Returns (mean loss, accuracy, images/s)."""
+    """One pass over a shuffled copy of the training set.
+    Returns (summed loss, correct predictions, images seen, images/s) of this process."""
     model.train()
     device = images.device
     batch_size = config["batch_size"]
-    steps = len(images) // batch_size  # drop the ragged last batch: each epoch sees another shuffle
-    order = torch.randperm(len(images)).to(device)
+    rank, world_size = rank_and_world_size()
+    # Drop the ragged last batch (each epoch sees another shuffle); a set smaller than one batch is one batch.
+    steps = max(1, len(images) // batch_size)
+    seen = 0
+    # Every process draws the same order; each takes its own shard of every batch.
+    shuffle = torch.Generator().manual_seed(config["seed"] * 1000 + epoch)
+    order = torch.randperm(len(images), generator=shuffle).to(device)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device)
     start = time.perf_counter()
     for step in range(steps):
         global_step = (epoch - 1) * steps + step
+        rate = learning_rate(config, global_step, config["epochs"] * steps, progress["plateau_factor"])
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(config, global_step, config["epochs"] * steps, progress["plateau_factor"])
-        batch = order[step * batch_size:(step + 1) * batch_size]
+            group["lr"] = rate * group["lr_scale"]
+        batch = order[step * batch_size:(step + 1) * batch_size][rank::world_size]
         inputs = as_model_input(images[batch])
         if images.dtype == torch.uint8:
             inputs = augment_batch(inputs, flip=config["flip"], rotate_degrees=config["rotate"],
@@ -489,14 +580,13 @@ def train_one_epoch(model, optimizer, loss_function, images, labels, config, epo
         optimizer.step()
         loss_sum += loss.detach() * len(batch)
         correct += (logits.argmax(1) == targets).sum()
+        seen += len(batch)
         if sys.stdout.isatty() and step % 20 == 0:
-            seen = (step + 1) * batch_size
             print(f"\r  epoch {epoch}: {seen}/{steps * batch_size} images, loss {loss_sum.item() / seen:.3f}, "
                   f"{seen / (time.perf_counter() - start):.0f} images/s", end="", flush=True)
-    seen = steps * batch_size
     if sys.stdout.isatty():
         print("\r" + " " * 80 + "\r", end="")
-    return loss_sum.item() / seen, correct.item() / seen, seen / (time.perf_counter() - start)
+    return loss_sum.item(), correct.item(), seen, seen / (time.perf_counter() - start)
 
 
 def format_seconds(seconds):
@@ -511,6 +601,9 @@ def train(model, data, config, run_dir):
     torch from (seed, epoch), so the shuffle, augmentation and dropout of epoch k are the
     same whether or not the run was interrupted before it."""
     device = torch.device(config["device"])
+    rank, world_size = rank_and_world_size()
+    if config["batch_size"] % world_size:
+        raise ValueError(f"--batch-size {config['batch_size']} (the global batch) must divide among {world_size} processes")
     memory_format = torch.channels_last if config["channels_last"] else torch.contiguous_format
     model.to(device, memory_format=memory_format)
     # The whole training set stays on the device as uint8 (28,709 x 48 x 48 = 66 MB): batches
@@ -528,40 +621,51 @@ def train(model, data, config, run_dir):
         optimizer.load_state_dict(checkpoint["optimizer"])
         progress = checkpoint["progress"]
         print(f"resuming {run_dir} after epoch {progress['epoch']}")
+    # Distributed: DDP averages the gradients of all processes in backward(), so every process
+    # takes the same step, the one a single process would take on the whole batch.
+    trained = DistributedDataParallel(model) if world_size > 1 else model
 
     start = time.perf_counter() - progress["elapsed_s"]
     first_epoch, elapsed_before = progress["epoch"] + 1, progress["elapsed_s"]
     try:
         for epoch in range(progress["epoch"] + 1, config["epochs"] + 1):
-            torch.manual_seed(config["seed"] * 1000 + epoch)
-            train_loss, train_acc, images_per_s = train_one_epoch(
-                model, optimizer, loss_function, train_images, train_labels, config, epoch, progress)
+            torch.manual_seed(config["seed"] * 1000 + epoch + 7919 * rank)  # augmentation, dropout
+            loss_sum, correct, seen, images_per_s = train_one_epoch(
+                trained, optimizer, loss_function, train_images, train_labels, config, epoch, progress)
+            # Each process validates a shard; the sums over all shards give every process the same numbers.
+            val_images, val_labels = data["val"]["images"][rank::world_size], data["val"]["labels"][rank::world_size]
+            val = evaluate(model, val_images, val_labels, device, config["amp"])
+            loss_sum, correct, seen, images_per_s, val_loss_sum, val_correct, val_count = sum_across_ranks(
+                [loss_sum, correct, seen, images_per_s, val["loss"] * len(val_labels),
+                 val["accuracy"] * len(val_labels), len(val_labels)], device)
+            train_loss, train_acc, val_loss, val_acc = loss_sum / seen, correct / seen, val_loss_sum / val_count, val_correct / val_count
             if not math.isfinite(train_loss):
                 raise FloatingPointError(f"training loss became {train_loss} in epoch {epoch}; "
                                          f"try a lower --lr (now {config['lr']})")
-            val = evaluate(model, data["val"]["images"], data["val"]["labels"], device, config["amp"])
             elapsed = time.perf_counter() - start
             progress["history"].append({
-                "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val["loss"],
-                "val_acc": val["accuracy"], "lr": optimizer.param_groups[0]["lr"],
+                "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
+                "val_acc": val_acc, "lr": optimizer.param_groups[0]["lr"],
                 "images_per_s": images_per_s, "elapsed_s": elapsed})
-            improved = val["accuracy"] > progress["best_val_acc"]
+            improved = val_acc > progress["best_val_acc"]
             progress.update(epoch=epoch, elapsed_s=elapsed,
                             epochs_since_best=0 if improved else progress["epochs_since_best"] + 1)
             if improved:
-                progress["best_val_acc"] = val["accuracy"]
-                save_atomically({"model": model.state_dict(), "config": config, "epoch": epoch,
-                                 "val_acc": val["accuracy"]}, run_dir / "best.pt")
+                progress["best_val_acc"] = val_acc
             if config["schedule"] == "plateau" and progress["epochs_since_best"] >= config["plateau_patience"] \
                     and progress["epochs_since_best"] % config["plateau_patience"] == 0:
                 progress["plateau_factor"] *= 0.5
-            save_atomically({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "progress": progress, "config": config}, run_dir / "last.pt")
-            write_metrics(progress["history"], run_dir)
+            if rank == 0:  # one process writes the run folder
+                if improved:
+                    save_atomically({"model": model.state_dict(), "config": config, "epoch": epoch,
+                                     "val_acc": val_acc}, run_dir / "best.pt")
+                save_atomically({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                 "progress": progress, "config": config}, run_dir / "last.pt")
+                write_metrics(progress["history"], run_dir)
             seconds_per_epoch = (elapsed - elapsed_before) / (epoch - first_epoch + 1)
             eta = seconds_per_epoch * (config["epochs"] - epoch)
             print(f"epoch {epoch:3d}/{config['epochs']}  train loss {train_loss:.3f} acc {train_acc:6.2%}  "
-                  f"val loss {val['loss']:.3f} acc {val['accuracy']:6.2%}{' *' if improved else '  '}  "
+                  f"val loss {val_loss:.3f} acc {val_acc:6.2%}{' *' if improved else '  '}  "
                   f"lr {optimizer.param_groups[0]['lr']:.2e}  {images_per_s:4.0f} img/s  "
                   f"elapsed {format_seconds(elapsed)}  eta {format_seconds(eta)}", flush=True)
             if config["early_stop"] and progress["epochs_since_best"] >= config["early_stop"]:
@@ -694,7 +798,7 @@ def add_training_arguments(parser, **defaults):
     add("--data", default=DEFAULT_DATA, help="Kaggle-layout folder or fer2013.csv (default: $FER_DATA or %(default)s)")
     add("--name", help="run folder suffix (default: the architecture)")
     add("--epochs", type=int, help="training epochs (default: %(default)s)")
-    add("--batch-size", type=int, help="images per step (default: %(default)s)")
+    add("--batch-size", type=int, help="images per step, over all processes under torchrun (default: %(default)s)")
     add("--optimizer", choices=["adamw", "sgd"], help="adamw (Adam with decoupled weight decay) or sgd "
         "(Nesterov momentum 0.9) (default: %(default)s)")
     add("--lr", type=float, help="peak learning rate (default: %(default)s)")
@@ -724,7 +828,7 @@ def resolve_config(args, arch):
     config = dict(vars(args), arch=arch)
     device = pick_device(args.device)
     bf16_cpu = device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    config.update(device=str(device), name=args.name or arch, data=str(args.data),
+    config.update(device=str(device), name=args.name or arch, data=str(args.data), processes=rank_and_world_size()[1],
                   amp={"on": True, "off": False, "auto": device.type == "cuda" or bf16_cpu}[args.amp])
     del config["resume"]
     return config
@@ -752,10 +856,15 @@ def git_commit():
 def make_run_dir(config, runs_dir="runs"):
     """Create runs/<timestamp>-<name>/ and write its config.json (every resolved setting)."""
     run_dir = Path(runs_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}-{config['name']}"
-    run_dir.mkdir(parents=True, exist_ok=False)
     config.update(torch_version=str(torch.__version__), git_commit=git_commit(), run_dir=str(run_dir))
-    (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    return run_dir
+    if rank_and_world_size()[0] == 0:
+        run_dir.mkdir(parents=True, exist_ok=False)
+        (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    if dist.is_initialized():  # the other processes take rank 0's folder name (their clocks may differ)
+        shared = [config]
+        dist.broadcast_object_list(shared, src=0)
+        config.update(shared[0])
+    return Path(config["run_dir"])
 
 
 def load_run(run_dir, device, checkpoint="best.pt"):

@@ -25,6 +25,7 @@ def main():
     parser.add_argument("--batch-norm", action="store_true", help="add BatchNorm after each conv (a variant)")
     args = parser.parse_args()
 
+    fer.init_distributed()  # a no-op unless started by torchrun
     if args.resume:
         run_dir = Path(args.resume)
         config = json.loads((run_dir / "config.json").read_text())

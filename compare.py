@@ -1,0 +1,110 @@
+"""
+Compare evaluated runs side by side: a Markdown table and a bar chart of PrivateTest accuracy
+(each run's checkpoint chosen on PublicTest), macro-F1, trainable parameters, training speed and
+wall time, with each run's starting weights; and their PublicTest accuracy against wall-clock time.
+
+    python compare.py                          # the newest evaluated run of each name under runs/
+    python compare.py --runs runs/A runs/B     # these runs
+"""
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+import fer
+
+
+def starting_weights(config):
+    if config["arch"] == "baseline":
+        return "random (trained from scratch)"
+    if config["weights"] == "none":
+        return "random (from scratch, on purpose)"
+    return f"ImageNet ({Path(config['weights_path']).name})" if config["weights_path"] else "ImageNet (torchvision)"
+
+
+def summarise(run_dir):
+    config = json.loads((run_dir / "config.json").read_text())
+    report = json.loads((run_dir / "eval_test.json").read_text())
+    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    extraction = run_dir / "feature_extraction.json"
+    extraction_s = json.loads(extraction.read_text())["seconds"] if extraction.exists() else 0.0
+    mode = config.get("mode", "from scratch")
+    return {
+        "run": run_dir.name, "model": config["arch"] + (f" {config['input_size']}px" if "input_size" in config else ""),
+        "mode": "feature extraction" if mode == "feature" else "fine-tuning" if mode == "finetune" else mode,
+        "weights": starting_weights(config), "accuracy": report["accuracy"], "accuracy_tta": report["accuracy_flip_tta"],
+        "macro_f1": report["macro_f1"], "trainable": fer.count_parameters(fer.build_model(config), trainable_only=True),
+        "epochs": len(history), "images_per_s": sum(row["images_per_s"] for row in history) / len(history),
+        "minutes": (history[-1]["elapsed_s"] + extraction_s) / 60}
+
+
+def markdown_table(rows):
+    lines = ["| model | mode | starting weights | PrivateTest acc | with flip TTA | macro-F1 | trainable params "
+             "| epochs | train images/s | wall time | run |", "|" + "---|" * 11]
+    for row in rows:
+        lines.append(f"| {row['model']} | {row['mode']} | {row['weights']} | {row['accuracy']:.2%} | "
+                     f"{row['accuracy_tta']:.2%} | {row['macro_f1']:.3f} | {row['trainable']:,} | {row['epochs']} | "
+                     f"{row['images_per_s']:,.0f} | {row['minutes']:.1f} min | `{row['run']}` |")
+    return "\n".join(lines) + "\n"
+
+
+def bar_chart(rows, path):
+    labels = [f"{row['model']}\n{row['mode']}\n{row['weights'].split(' (')[0]}" for row in rows]
+    figure, axes = plt.subplots(figsize=(max(6, 1.6 * len(rows)), 4.5))
+    positions = range(len(rows))
+    axes.bar([p - 0.2 for p in positions], [100 * row["accuracy"] for row in rows], 0.4, label="PrivateTest accuracy")
+    axes.bar([p + 0.2 for p in positions], [100 * row["macro_f1"] for row in rows], 0.4, label="macro-F1 (x100)")
+    for position, row in zip(positions, rows):
+        axes.text(position - 0.2, 100 * row["accuracy"] + 0.5, f"{row['accuracy']:.1%}", ha="center", fontsize=8)
+    axes.axhline(65.9, color="gray", linestyle=":", label="`pip install fer` (65.9%)")
+    axes.set_xticks(list(positions), labels, fontsize=8)
+    axes.set(ylabel="%", ylim=(0, 80), title="FER-2013 PrivateTest (checkpoints chosen on PublicTest)")
+    axes.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def time_to_accuracy(run_dirs, path):
+    """PublicTest accuracy after each epoch against wall-clock minutes: speed to accuracy, not per step."""
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for run_dir in run_dirs:
+        history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        axes.plot([row["elapsed_s"] / 60 for row in history], [100 * row["val_acc"] for row in history],
+                  marker=".", label=run_dir.name.split("-", 2)[2])
+    axes.set(xlabel="wall-clock minutes of training", ylabel="PublicTest accuracy (%)",
+             title="Time to accuracy (2 CPU cores)")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", nargs="*", type=Path, help="run folders (default: newest evaluated run per name)")
+    parser.add_argument("--out", type=Path, default=Path("docs"), help="folder for compare.md/.png (default: %(default)s)")
+    args = parser.parse_args()
+    runs = args.runs
+    if not runs:  # folder names start with a timestamp: the last one of each name is the newest
+        newest = {json.loads((d / "config.json").read_text())["name"]: d
+                  for d in sorted(Path("runs").glob("*/")) if (d / "eval_test.json").exists()}
+        runs = list(newest.values())
+    if not runs:
+        raise SystemExit("error: no evaluated runs under runs/: train and evaluate some first (make baseline)")
+    rows = [summarise(run_dir) for run_dir in runs]
+    args.out.mkdir(parents=True, exist_ok=True)
+    table = markdown_table(rows)
+    (args.out / "compare.md").write_text(table)
+    bar_chart(rows, args.out / "compare.png")
+    time_to_accuracy(runs, args.out / "time_to_accuracy.png")
+    print(table + f"wrote compare.md, compare.png and time_to_accuracy.png into {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""Transfer models with stand-in weights: ImageNet files cannot be downloaded here, so the tests
+write torchvision-shaped state dicts themselves, into a temporary TORCH_HOME and into a file."""
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+import torchvision
+
+import fer
+from conftest import training_config
+from test_train import run_script
+
+ARCHS = ["resnet18", "vgg16", "mobilenet_v2"]
+
+
+def transfer_config(arch="mobilenet_v2", **overrides):
+    config = training_config(arch=arch, input_size=64, unfreeze="all", weights="none", weights_path=None,
+                             backbone_lr_scale=0.1, batch_size=4)
+    config.update(overrides)
+    return config
+
+
+def stand_in_weights(arch, seed=0):
+    """A full torchvision state dict (classifier included), as an ImageNet checkpoint has."""
+    torch.manual_seed(seed)
+    return getattr(torchvision.models, arch)(weights=None).state_dict()
+
+
+@pytest.fixture
+def torch_home(tmp_path, monkeypatch):
+    """A TORCH_HOME holding stand-in 'ImageNet' files where torchvision keeps its downloads."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    checkpoints = tmp_path / "torch-home" / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    for arch in ARCHS:
+        url = torchvision.models.get_model_weights(arch).IMAGENET1K_V1.url
+        torch.save(stand_in_weights(arch), checkpoints / url.rsplit("/", 1)[1])
+    return checkpoints
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_imagenet_weights_come_from_torch_home_and_the_head_has_7_outputs(arch, torch_home):
+    state = fer.imagenet_weights(arch)
+    model = fer.build_model(transfer_config(arch), backbone_weights=state)
+    assert model(torch.rand(2, 1, 48, 48)).shape == (2, 7)
+    assert model.head[-1].out_features == 7
+    name, conv = fer.first_conv(model.backbone)
+    # the 1-channel first conv is the sum (3x the mean) of the pretrained RGB filters
+    assert conv.in_channels == 1
+    assert torch.allclose(conv.weight, 3 * state[f"{name}.weight"].mean(1, keepdim=True), atol=1e-6)
+
+
+def test_grayscale_conv_gives_the_rgb_conv_output_of_the_gray_image_repeated():
+    rgb = stand_in_weights("resnet18")
+    model = fer.TransferNet("resnet18")
+    fer.load_backbone_weights(model, rgb, "stand-in")
+    rgb_conv = model.backbone.conv1
+    fer.convert_to_grayscale(model)
+    gray = torch.rand(2, 1, 32, 32)
+    assert torch.allclose(model.backbone.conv1(gray), rgb_conv(gray.expand(-1, 3, -1, -1)), atol=1e-5)
+
+
+def test_missing_imagenet_weights_name_both_ways_out(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    with pytest.raises(fer.DataError, match="--weights-path FILE.*--weights none"):
+        fer.imagenet_weights("resnet18")
+
+
+def test_weights_file_of_another_network_fails_loudly(tmp_path):
+    path = tmp_path / "wrong.pth"
+    torch.save(stand_in_weights("resnet18"), path)
+    config = transfer_config("vgg16", weights="file", weights_path=str(path))
+    with pytest.raises(fer.DataError, match=f"{path}: not a vgg16 backbone; missing keys"):
+        fer.build_model(config, fer.starting_weights(config))
+
+
+def test_weights_file_without_classifier_loads(tmp_path):
+    """Like ../shared/weights/mobilenet_v2_imagenet_features.pth: features only, no classifier."""
+    state = {k: v for k, v in stand_in_weights("mobilenet_v2").items() if not k.startswith("classifier.")}
+    path = tmp_path / "features.pth"
+    torch.save(state, path)
+    config = transfer_config(weights="file", weights_path=str(path))
+    model = fer.build_model(config, fer.starting_weights(config))
+    assert torch.equal(model.backbone.features[1].conv[0][0].weight, state["features.1.conv.0.0.weight"])
+
+
+@pytest.mark.parametrize("arch, unfreeze", [("resnet18", "0"), ("resnet18", "1"), ("vgg16", "2"),
+                                            ("mobilenet_v2", "0"), ("mobilenet_v2", "all")])
+def test_only_the_intended_parameters_require_and_receive_gradients(arch, unfreeze):
+    model = fer.build_model(transfer_config(arch, unfreeze=unfreeze))
+    model.train()
+    nn.functional.cross_entropy(model(torch.rand(2, 1, 48, 48)), torch.tensor([0, 1])).backward()
+    blocks = model.blocks()
+    trainable = len(blocks) if unfreeze == "all" else int(unfreeze)
+    for index, block in enumerate(blocks):
+        should_train = index >= len(blocks) - trainable
+        for parameter in nn.ModuleList(block).parameters():
+            assert parameter.requires_grad == should_train
+            assert (parameter.grad is not None) == should_train
+        for batch_norm in (m for m in nn.ModuleList(block).modules() if isinstance(m, nn.BatchNorm2d)):
+            assert batch_norm.training == should_train  # frozen BatchNorm keeps its statistics
+    assert all(p.grad is not None for p in model.head.parameters())
+
+
+def test_cached_features_equal_the_backbone_output_and_the_head_learns_from_them(kaggle_folder, tmp_path):
+    config = transfer_config(unfreeze="0", epochs=2, batch_size=8)
+    model = fer.build_model(config)
+    data = fer.load_fer2013(kaggle_folder)
+    features = fer.cached_features(model, data, config)
+    model.eval()
+    with torch.no_grad():
+        expected = model.features(data["val"]["images"].unsqueeze(1).float() / 255)
+    assert torch.allclose(features["val"]["images"], expected, atol=1e-5)
+    assert fer.cached_features(model, data, config)["train"]["images"].shape == (42, 1280)  # from the cache
+    backbone_before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    fer.train(model, features, config, tmp_path)
+    assert all(torch.equal(v, model.backbone.state_dict()[k]) for k, v in backbone_before.items())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_each_architecture_runs_a_training_step(arch, kaggle_folder, tmp_path):
+    config = transfer_config(arch, epochs=1, batch_size=4, input_size=48)
+    data = fer.load_fer2013(kaggle_folder)
+    data["train"] = {key: value[:8] for key, value in data["train"].items()}
+    progress = fer.train(fer.build_model(config), data, config, tmp_path)
+    assert progress["epoch"] == 1 and progress["history"][0]["train_loss"] > 0
+
+
+def test_train_transfer_cli_feature_mode_writes_a_run_that_evaluate_reads(kaggle_folder, tmp_path, torch_home):
+    result = run_script("train_transfer.py", "--data", str(kaggle_folder), "--arch", "mobilenet_v2", "--mode",
+                        "feature", "--input-size", "48", "--epochs", "2", "--device", "cpu", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    [run_dir] = (tmp_path / "runs").iterdir()
+    config = json.loads((run_dir / "config.json").read_text())
+    assert (config["mode"], config["weights"], config["unfreeze"]) == ("feature", "imagenet", "0")
+    result = run_script("evaluate.py", "--run", str(run_dir), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((run_dir / "eval_test.json").read_text())["images"] == 14
+    result = run_script("compare.py", "--out", str(tmp_path / "docs"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    table = (tmp_path / "docs" / "compare.md").read_text()
+    assert "| mobilenet_v2 48px | feature extraction | ImageNet (torchvision) |" in table and "8,967" in table
+    assert (tmp_path / "docs" / "compare.png").exists() and (tmp_path / "docs" / "time_to_accuracy.png").exists()
+
+
+def test_train_transfer_without_weights_says_how_to_get_them(kaggle_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    result = run_script("train_transfer.py", "--data", str(kaggle_folder), "--arch", "resnet18", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "--weights-path" in result.stderr and "--weights none" in result.stderr
