@@ -22,6 +22,16 @@ from torch.utils.flop_counter import FlopCounterMode
 import fer
 
 
+def cpu_name():
+    """The CPU's model name and family (Linux), e.g. 'AMD EPYC, family 26'."""
+    try:
+        first_cpu = open("/proc/cpuinfo").read().split("\n\n")[0]
+        info = {key.strip(): value.strip() for key, value in (line.split(":", 1) for line in first_cpu.splitlines())}
+        return f"{info['model name']}, family {info['cpu family']}"
+    except (OSError, KeyError):
+        return platform.machine()
+
+
 def images_per_second(step, batch_size, seconds):
     """Run `step` (which processes `batch_size` images) repeatedly for about `seconds`."""
     step(), step()  # warm-up: allocator, oneDNN kernel selection
@@ -104,8 +114,9 @@ def main():
     parser.add_argument("--out", default="bench.json", help="(default: %(default)s)")
     args = parser.parse_args()
     seconds = 1.0 if args.quick else 5.0
-    rows, results = [], {"machine": {"cpu": platform.processor() or platform.machine(),
-                                     "threads": torch.get_num_threads(), "torch": str(torch.__version__)}}
+    rows, results = [], {"machine": {"cpu": cpu_name(), "threads": torch.get_num_threads(),
+                                     "torch": str(torch.__version__)}}
+    print(f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
 
     fp32, bf16 = matmul_gflops(torch.float32, seconds), matmul_gflops(torch.bfloat16, seconds)
     results["matmul_gflops"] = {"float32": fp32, "bfloat16": bf16}

@@ -1,9 +1,10 @@
 """
 fer.py: facial emotion recognition on FER-2013 in plain PyTorch.
 
-Everything the scripts share lives here, in the order a reader needs it:
-data -> augmentation -> models -> training loop -> evaluation -> run folders.
-The scripts (train_baseline.py, evaluate.py, ...) only parse arguments and call in.
+Everything the scripts share lives here, in the order a reader needs it: setup (devices,
+torchrun) -> data -> augmentation -> models -> training loop -> evaluation -> Grad-CAM ->
+command line -> run folders. The scripts (train_baseline.py, evaluate.py, ...) only parse
+arguments and call in.
 """
 import atexit
 import csv
@@ -30,6 +31,10 @@ IMAGE_SIZE = 48
 PROJECT_DIR = Path(__file__).resolve().parent
 DEFAULT_DATA = os.environ.get("FER_DATA", "data/fer2013")
 CACHE_DIR = Path(os.environ.get("FER_CACHE", PROJECT_DIR / "data" / "cache"))
+
+
+# -----------------------------------------------------------------------------
+# Setup: devices, and torchrun's process group when there is one
 
 
 class DataError(Exception):
@@ -259,27 +264,28 @@ def not_in_train_mask(images, train_images):
 def augment_batch(images, flip=True, rotate_degrees=10.0, zoom=0.1, translate=0.1, generator=None):
     """Random flip, rotation, zoom and shift of float images [B, C, H, W].
 
-    All random numbers come from `generator` (or torch's global one) on the CPU, so a
-    seed gives the same augmentation on any device. The geometric part is one affine
-    grid_sample for all three transforms; "border" padding repeats the edge pixels like
-    the seed's Keras ImageDataGenerator(fill_mode="nearest")."""
-    count = images.shape[0]
+    All random numbers come from `generator` (or torch's global one) on the CPU, so a seed
+    gives the same augmentation on any device. The four transforms are one bilinear
+    grid_sample: for each output pixel, the point of the input it shows. "border" padding
+    repeats the edge pixels, like the seed's Keras ImageDataGenerator(fill_mode="nearest")."""
+    count, height, width = images.shape[0], images.shape[-2], images.shape[-1]
 
-    def uniform(*shape):  # uniform in [-1, 1)
-        return (torch.rand(*shape, generator=generator) * 2 - 1).to(images.device)
+    def uniform():  # one number in [-1, 1) per image, shaped to broadcast over [B, H, W]
+        return (torch.rand(count, generator=generator) * 2 - 1).to(images.device)[:, None, None]
 
-    if flip:
-        flipped = torch.rand(count, generator=generator).to(images.device) < 0.5
-        images = torch.where(flipped[:, None, None, None], images.flip(-1), images)
-    if rotate_degrees or zoom or translate:
-        angle = uniform(count) * math.radians(rotate_degrees)
-        scale = 1 + uniform(count) * zoom
-        shift = uniform(count, 2) * translate * 2  # grid coordinates span [-1, 1]: width 2
-        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-        theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
-        grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
-        images = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return images
+    mirrored = (torch.rand(count, generator=generator) < (0.5 if flip else 0)).to(images.device)[:, None, None]
+    if not (rotate_degrees or zoom or translate):
+        return torch.where(mirrored[:, None], images.flip(-1), images) if flip else images
+    angle, scale = uniform() * math.radians(rotate_degrees), 1 + uniform() * zoom
+    shift_x, shift_y = uniform() * translate * 2, uniform() * translate * 2  # the image spans [-1, 1]: width 2
+    # Pixel centres in grid_sample's coordinates (align_corners=False). Building the grid by hand
+    # instead of with F.affine_grid makes the whole augmentation 3x faster on the CPU (measured).
+    ys = torch.linspace(-1 + 1 / height, 1 - 1 / height, height, device=images.device)[:, None]
+    xs = torch.linspace(-1 + 1 / width, 1 - 1 / width, width, device=images.device)[None, :]
+    xs = torch.where(mirrored, -xs, xs)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    grid = torch.stack([cos * xs - sin * ys + shift_x, sin * xs + cos * ys + shift_y], -1).to(images.dtype)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 # -----------------------------------------------------------------------------
@@ -675,6 +681,10 @@ def train(model, data, config, run_dir):
         print(f"\ninterrupted: {run_dir / 'last.pt'} holds epoch {progress['epoch']}; "
               f"continue with --resume {run_dir}")
         progress["interrupted"] = True
+        return progress
+    print(f"best validation accuracy {progress['best_val_acc']:.2%} (epoch "
+          f"{max(progress['history'], key=lambda row: row['val_acc'])['epoch']}); "
+          f"evaluate with: python evaluate.py --run {run_dir}")
     return progress
 
 
@@ -824,14 +834,17 @@ def add_training_arguments(parser, **defaults):
 
 
 def resolve_config(args, arch):
-    """The argparse namespace -> the run's config dict, with automatic choices made explicit."""
+    """(config, run folder to resume or None): with --resume, the interrupted run's own config;
+    otherwise the argparse namespace as a dict, with automatic choices made explicit."""
+    if args.resume:
+        return json.loads((Path(args.resume) / "config.json").read_text()), Path(args.resume)
     config = dict(vars(args), arch=arch)
     device = pick_device(args.device)
     bf16_cpu = device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
     config.update(device=str(device), name=args.name or arch, data=str(args.data), processes=rank_and_world_size()[1],
                   amp={"on": True, "off": False, "auto": device.type == "cuda" or bf16_cpu}[args.amp])
     del config["resume"]
-    return config
+    return config, None
 
 
 # -----------------------------------------------------------------------------
@@ -840,7 +853,7 @@ def resolve_config(args, arch):
 
 def save_atomically(obj, path):
     """torch.save to a temporary file, then rename: an interrupted save never leaves half a file."""
-    temporary = Path(path).with_suffix(".tmp")
+    temporary = Path(path).with_suffix(f".tmp{os.getpid()}")  # two processes may write the same file
     torch.save(obj, temporary)
     os.replace(temporary, path)
 

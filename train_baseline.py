@@ -8,9 +8,7 @@ Train the seed's baseline CNN on FER-2013 and write a run folder under runs/.
         --epochs 50 --early-stop 10 --batch-size 64 --label-smoothing 0   # the seed's recipe
 """
 import argparse
-import json
 import sys
-from pathlib import Path
 
 import torch
 
@@ -26,24 +24,17 @@ def main():
     args = parser.parse_args()
 
     fer.init_distributed()  # a no-op unless started by torchrun
-    if args.resume:
-        run_dir = Path(args.resume)
-        config = json.loads((run_dir / "config.json").read_text())
-    else:
-        config = fer.resolve_config(args, arch="baseline")
+    config, run_dir = fer.resolve_config(args, arch="baseline")
     try:
         data = fer.load_fer2013(config["data"], seed=config["seed"])
     except fer.DataError as error:
         sys.exit(f"error: {error}")
-    if not args.resume:
-        run_dir = fer.make_run_dir(config)
+    run_dir = run_dir or fer.make_run_dir(config)
     torch.manual_seed(config["seed"])
     model = fer.build_model(config)
     print(f"{run_dir}: {fer.count_parameters(model):,} parameters, {len(data['train']['labels']):,} training "
           f"images, device {config['device']}, bf16 autocast {'on' if config['amp'] else 'off'}")
-    progress = fer.train(model, data, config, run_dir)
-    print(f"best validation accuracy {progress['best_val_acc']:.2%}; evaluate with: python evaluate.py --run {run_dir}")
-    if progress.get("interrupted"):
+    if fer.train(model, data, config, run_dir).get("interrupted"):
         sys.exit(130)
 
 

@@ -17,7 +17,6 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -40,11 +39,9 @@ def parse_config():
     parser.add_argument("--input-size", type=int, default=96, help="images are upsampled to this size: 96 ends "
                         "the stride-32 networks on a 3x3 feature map instead of 2x2 (default: %(default)s)")
     parser.add_argument("--unfreeze", help="finetune: how many top backbone blocks train, or 'all'")
-    parser.add_argument("--backbone-lr-scale", type=float, default=0.1,
-                        help="backbone learning rate / head learning rate (default: %(default)s)")
+    parser.add_argument("--backbone-lr-scale", type=float, help="backbone learning rate / head learning rate "
+                        "(default: 0.1 from pretrained weights, 1 from scratch)")
     args = parser.parse_args()
-    if args.resume:
-        return json.loads((Path(args.resume) / "config.json").read_text()), Path(args.resume)
     for key, value in MODE_DEFAULTS[args.mode].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -52,8 +49,10 @@ def parse_config():
         parser.error("--mode feature trains the head only: leave out --unfreeze")
     if args.weights_path:
         args.weights = "file"
+    if args.backbone_lr_scale is None:  # pretrained features need only small steps; random ones need all of them
+        args.backbone_lr_scale = 1.0 if args.weights == "none" else 0.1
     args.name = args.name or f"{args.arch}-{args.mode}-{'scratch' if args.weights == 'none' else 'pretrained'}"
-    return fer.resolve_config(args, arch=args.arch), None
+    return fer.resolve_config(args, arch=args.arch)
 
 
 def main():
@@ -69,16 +68,16 @@ def main():
     torch.manual_seed(config["seed"])
     model = fer.build_model(config, backbone_weights)
     run_dir = run_dir or fer.make_run_dir(config)
-    print(f"{run_dir}: {config['arch']} {config['mode']}, weights {config['weights_path'] or config['weights']}, input {config['input_size']}px, "
-          f"{fer.count_parameters(model, trainable_only=True):,} of {fer.count_parameters(model):,} parameters train")
+    trainable, total = fer.count_parameters(model, trainable_only=True), fer.count_parameters(model)
+    print(f"{run_dir}: {config['arch']} {config['mode']}, weights {config['weights_path'] or config['weights']}, "
+          f"input {config['input_size']}px, {trainable:,} of {total:,} parameters train")
     if config["mode"] == "feature":
         start = time.perf_counter()
         data = fer.cached_features(model, data, config)
         seconds = time.perf_counter() - start  # near zero when the features came from the cache
-        (run_dir / "feature_extraction.json").write_text(json.dumps({"seconds": seconds}) + "\n")
-    progress = fer.train(model, data, config, run_dir)
-    print(f"best validation accuracy {progress['best_val_acc']:.2%}; evaluate with: python evaluate.py --run {run_dir}")
-    if progress.get("interrupted"):
+        if not (run_dir / "feature_extraction.json").exists():  # keep the first measurement on --resume
+            (run_dir / "feature_extraction.json").write_text(json.dumps({"seconds": seconds}) + "\n")
+    if fer.train(model, data, config, run_dir).get("interrupted"):
         sys.exit(130)
 
 
