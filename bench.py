@@ -64,6 +64,8 @@ def bench_training_step(config, batch_size, seconds):
     memory_format = torch.channels_last if config["channels_last"] else torch.contiguous_format
     model.to(memory_format=memory_format).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    if config.get("compile"):
+        model = torch.compile(model)  # compiled on the first (warm-up) step, outside the timing
     images = torch.randint(0, 256, (batch_size, 48, 48), dtype=torch.uint8)
     labels = torch.randint(0, len(fer.EMOTIONS), (batch_size,))
 
@@ -103,7 +105,11 @@ def bench_seed_data_pipeline(data_root, batch_size, seconds):
     dataset = datasets.ImageFolder(f"{data_root}/train", transform=transform)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=2,
                                          persistent_workers=True)
-    batches = iter(loader)
+    def endless():  # a fast machine can get through an epoch within the measurement
+        while True:
+            yield from loader
+
+    batches = endless()
     return images_per_second(lambda: next(batches), batch_size, seconds)
 
 
@@ -111,6 +117,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=fer.DEFAULT_DATA, help="FER-2013, Kaggle layout (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="1 second per measurement instead of 5")
+    parser.add_argument("--compile", action="store_true", help="also time the baseline under torch.compile "
+                        "(compiling takes a minute or more on 2 cores)")
     parser.add_argument("--out", default="bench.json", help="(default: %(default)s)")
     args = parser.parse_args()
     seconds = 1.0 if args.quick else 5.0
@@ -129,20 +137,32 @@ def main():
     rows.append(("data: ours (resident tensor, batched aug)", f"{ours:,.0f} img/s", f"{ours / seed:.0f}x seed"))
     rows.append(("data: seed style (ImageFolder+PIL+2 workers)", f"{seed:,.0f} img/s", ""))
 
-    baseline = {"arch": "baseline", "width": 32, "batch_norm": False}
     results["training_step"] = []
+
+    def training_row(label, config, batch_size):
+        rate, flops = bench_training_step(config, batch_size, seconds)
+        gflops = rate * flops / 1e9
+        results["training_step"].append(dict(label=label, batch_size=batch_size, images_per_s=rate,
+                                             mflop_per_image=flops / 1e6, gflops=gflops))
+        rows.append((f"train step: {label}, batch {batch_size}", f"{rate:,.0f} img/s",
+                     f"{gflops:.0f} GFLOP/s = {gflops / fp32:.0%} of fp32 / {gflops / bf16:.0%} of bf16 matmul "
+                     f"({flops / 1e6:.0f} MFLOP/img)"))
+
+    baseline = {"arch": "baseline", "width": 32, "batch_norm": False}
     for layout, channels_last in (("NCHW", False), ("channels_last", True)):
         for precision, amp in (("float32", False), ("bf16 autocast", True)):
             for batch_size in (128, 256):
-                config = dict(baseline, channels_last=channels_last, amp=amp)
-                rate, flops = bench_training_step(config, batch_size, seconds)
-                gflops = rate * flops / 1e9
-                results["training_step"].append(dict(arch="baseline", layout=layout, precision=precision,
-                                                     batch_size=batch_size, images_per_s=rate,
-                                                     mflop_per_image=flops / 1e6, gflops=gflops))
-                rows.append((f"train step: baseline, {layout}, {precision}, batch {batch_size}",
-                             f"{rate:,.0f} img/s", f"{gflops:.0f} GFLOP/s = {gflops / fp32:.0%} fp32 / "
-                             f"{gflops / bf16:.0%} bf16 matmul ({flops / 1e6:.0f} MFLOP/img)"))
+                training_row(f"baseline, {layout}, {precision}", dict(baseline, channels_last=channels_last, amp=amp),
+                             batch_size)
+    if args.compile:
+        training_row("baseline, channels_last, bf16 autocast, torch.compile",
+                     dict(baseline, channels_last=True, amp=True, compile=True), 128)
+    # Transfer models, fine-tuning everything (train_transfer.py's default), at the input size that
+    # sets their last feature map: 48px -> 2x2, 96px -> 3x3, 128px -> 4x4 (stride 32).
+    for arch, size in (("mobilenet_v2", 48), ("mobilenet_v2", 96), ("mobilenet_v2", 128), ("resnet18", 96),
+                       ("vgg16", 96)):
+        transfer = {"arch": arch, "input_size": size, "unfreeze": "all", "channels_last": True, "amp": True}
+        training_row(f"{arch} {size}px, channels_last, bf16 autocast", transfer, 64)
 
     model = fer.build_model(baseline).to(memory_format=torch.channels_last)
     images, labels = data["val"]["images"], data["val"]["labels"]

@@ -279,7 +279,8 @@ def augment_batch(images, flip=True, rotate_degrees=10.0, zoom=0.1, translate=0.
     angle, scale = uniform() * math.radians(rotate_degrees), 1 + uniform() * zoom
     shift_x, shift_y = uniform() * translate * 2, uniform() * translate * 2  # the image spans [-1, 1]: width 2
     # Pixel centres in grid_sample's coordinates (align_corners=False). Building the grid by hand
-    # instead of with F.affine_grid makes the whole augmentation 3x faster on the CPU (measured).
+    # instead of with F.affine_grid makes this function 2.2x faster on 2 CPU cores (58,000 ->
+    # 130,000 images/s at batch 128, measured side by side).
     ys = torch.linspace(-1 + 1 / height, 1 - 1 / height, height, device=images.device)[:, None]
     xs = torch.linspace(-1 + 1 / width, 1 - 1 / width, width, device=images.device)[None, :]
     xs = torch.where(mirrored, -xs, xs)

@@ -17,7 +17,7 @@ import fer
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    fer.add_training_arguments(parser, epochs=30, batch_size=128, optimizer="adamw", lr=2e-3, weight_decay=5e-4,
+    fer.add_training_arguments(parser, epochs=80, batch_size=128, optimizer="adamw", lr=2e-3, weight_decay=5e-4,
                                schedule="cosine", warmup=0.1, label_smoothing=0.1)
     parser.add_argument("--width", type=int, default=32, help="channels of the first conv (default: %(default)s)")
     parser.add_argument("--batch-norm", action="store_true", help="add BatchNorm after each conv (a variant)")
