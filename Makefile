@@ -55,7 +55,7 @@ baseline-seed: data  ## the same CNN with the seed's recipe (Adam 1e-3, plateau,
 # Transfer learning. The MobileNetV2 ImageNet features in ../shared/weights work offline; elsewhere
 # ARCH=resnet18 or vgg16 take torchvision's ImageNet weights (downloaded once into $$TORCH_HOME).
 ARCH     ?= mobilenet_v2
-WEIGHTS  ?= $(if $(wildcard ../shared/weights/$(ARCH)_imagenet_features.pth),--weights-path ../shared/weights/$(ARCH)_imagenet_features.pth)
+WEIGHTS  ?= $(if $(findstring --weights none,$(ARGS)),,$(if $(wildcard ../shared/weights/$(ARCH)_imagenet_features.pth),--weights-path ../shared/weights/$(ARCH)_imagenet_features.pth))
 
 feature-extract: data  ## ARCH's frozen ImageNet features, cached, with a new 7-class head; then evaluate
 	$(TRAIN) train_transfer.py --arch $(ARCH) --mode feature $(WEIGHTS) $(EPOCHS_FLAG) $(ARGS)

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 import fer
 
 
-def starting_weights(config):
+def describe_weights(config):
     if config["arch"] == "baseline":
         return "random (trained from scratch)"
     if config["weights"] == "none":
@@ -36,7 +36,7 @@ def summarise(run_dir):
     return {
         "run": run_dir.name, "model": config["arch"] + (f" {config['input_size']}px" if "input_size" in config else ""),
         "mode": "feature extraction" if mode == "feature" else "fine-tuning" if mode == "finetune" else mode,
-        "weights": starting_weights(config), "accuracy": report["accuracy"], "accuracy_tta": report["accuracy_flip_tta"],
+        "weights": describe_weights(config), "accuracy": report["accuracy"], "accuracy_tta": report["accuracy_flip_tta"],
         "macro_f1": report["macro_f1"], "trainable": fer.count_parameters(fer.build_model(config), trainable_only=True),
         "epochs": len(history), "images_per_s": sum(row["images_per_s"] for row in history) / len(history),
         "minutes": (history[-1]["elapsed_s"] + extraction_s) / 60}
@@ -60,6 +60,7 @@ def bar_chart(rows, path):
     axes.bar([p + 0.2 for p in positions], [100 * row["macro_f1"] for row in rows], 0.4, label="macro-F1 (x100)")
     for position, row in zip(positions, rows):
         axes.text(position - 0.2, 100 * row["accuracy"] + 0.5, f"{row['accuracy']:.1%}", ha="center", fontsize=8)
+    # The bar users hold us to: the Keras model of `pip install fer` scores 65.9% on PrivateTest.
     axes.axhline(65.9, color="gray", linestyle=":", label="`pip install fer` (65.9%)")
     axes.set_xticks(list(positions), labels, fontsize=8)
     axes.set(ylabel="%", ylim=(0, 80), title="FER-2013 PrivateTest (checkpoints chosen on PublicTest)")
@@ -75,7 +76,7 @@ def time_to_accuracy(run_dirs, path):
     for run_dir in run_dirs:
         history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         axes.plot([row["elapsed_s"] / 60 for row in history], [100 * row["val_acc"] for row in history],
-                  marker=".", label=run_dir.name.split("-", 2)[2])
+                  marker=".", label=json.loads((run_dir / "config.json").read_text())["name"])
     axes.set(xlabel="wall-clock minutes of training", ylabel="PublicTest accuracy (%)",
              title="Time to accuracy (2 CPU cores)")
     axes.grid(alpha=0.3)

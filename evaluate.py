@@ -29,13 +29,12 @@ def plot_confusion(counts, title, path):
     counts = torch.tensor(counts)
     normalised = counts / counts.sum(1, keepdim=True).clamp(min=1)
     figure, axes = plt.subplots(1, 2, figsize=(13, 5.5))
-    for ax, matrix, label, number_format in ((axes[0], counts, "images", "{:.0f}"),
-                                             (axes[1], 100 * normalised, "% of true class", "{:.0f}")):
+    for ax, matrix, label in ((axes[0], counts, "images"), (axes[1], 100 * normalised, "% of true class")):
         image = ax.imshow(matrix, cmap="Blues")
         for (row, column), value in zip(torch.cartesian_prod(torch.arange(7), torch.arange(7)).tolist(),
                                         matrix.flatten().tolist()):
             dark = value > matrix.max() * 0.6
-            ax.text(column, row, number_format.format(value), ha="center", va="center",
+            ax.text(column, row, f"{value:.0f}", ha="center", va="center",
                     color="white" if dark else "black", fontsize=9)
         ax.set_xticks(range(7), fer.EMOTIONS, rotation=45, ha="right")
         ax.set_yticks(range(7), fer.EMOTIONS)
@@ -63,15 +62,16 @@ def main():
     except fer.DataError as error:
         sys.exit(f"error: {error}")
     images, labels = data[args.split]["images"], data[args.split]["labels"]
-    amp = config["amp"] and device.type == torch.device(config["device"]).type
-
-    single = fer.evaluate(model, images, labels, device, amp)
-    flipped = fer.evaluate(model, images, labels, device, amp, tta=True)
-    report = fer.classification_report(labels, single["probabilities"].argmax(1))
-    unseen = fer.not_in_train_mask(images, data["train"]["images"])
+    # Reported numbers in float32 (training validates in bf16 for speed), as predict.py and gradcam.py compute.
+    single = fer.evaluate(model, images, labels, device)
+    flipped = fer.evaluate(model, images, labels, device, tta=True)
     predictions = single["probabilities"].argmax(1)
+    report = fer.classification_report(labels, predictions)
+    unseen = fer.not_in_train_mask(images, data["train"]["images"])
     report.update(
         split=SPLIT_NAMES[args.split], images=len(labels), accuracy_flip_tta=flipped["accuracy"],
+        confusion_row_normalised=(torch.tensor(report["confusion"]) / torch.tensor(report["confusion"]).sum(
+            1, keepdim=True).clamp(min=1)).tolist(),
         macro_f1_flip_tta=fer.classification_report(labels, flipped["probabilities"].argmax(1))["macro_f1"],
         images_without_train_duplicate=int(unseen.sum()),
         accuracy_without_train_duplicates=(predictions[unseen] == labels[unseen]).float().mean().item())

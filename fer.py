@@ -38,7 +38,7 @@ CACHE_DIR = Path(os.environ.get("FER_CACHE", PROJECT_DIR / "data" / "cache"))
 
 
 class DataError(Exception):
-    """Bad or missing input data; the message names the path and what was expected."""
+    """Bad input (data, files, settings); the message names the path or setting and what was expected."""
 
 
 def pick_device(requested=None):
@@ -54,12 +54,21 @@ def init_distributed():
     otherwise do nothing. Only rank 0 prints; the others' output would repeat it."""
     if "RANK" not in os.environ or dist.is_initialized():
         return
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if torch.cuda.is_available():  # NCCL for CUDA tensors (one GPU per process), gloo for CPU tensors
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
     # A rank that dies makes the others' next collective fail after this timeout instead of hanging.
     dist.init_process_group(backend, timeout=timedelta(seconds=int(os.environ.get("FER_DIST_TIMEOUT", 300))))
-    atexit.register(dist.destroy_process_group)
+    atexit.register(leave_process_group)
     if dist.get_rank() != 0:
         sys.stdout = open(os.devnull, "w")
+
+
+def leave_process_group():
+    # Rank 0 hosts the store the others talk through: a rank still shutting down when rank 0
+    # has gone aborts ("terminate called without an active exception"), so all leave together.
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def rank_and_world_size():
@@ -562,7 +571,8 @@ def train_one_epoch(model, optimizer, loss_function, images, labels, config, epo
     # Drop the ragged last batch (each epoch sees another shuffle); a set smaller than one batch is one batch.
     steps = max(1, len(images) // batch_size)
     seen = 0
-    # Every process draws the same order; each takes its own shard of every batch.
+    # The order depends on (seed, epoch) only: the same after a resume, and the same in every
+    # process, each of which takes its own shard of every batch.
     shuffle = torch.Generator().manual_seed(config["seed"] * 1000 + epoch)
     order = torch.randperm(len(images), generator=shuffle).to(device)
     loss_sum = torch.zeros((), device=device)
@@ -609,8 +619,6 @@ def train(model, data, config, run_dir):
     same whether or not the run was interrupted before it."""
     device = torch.device(config["device"])
     rank, world_size = rank_and_world_size()
-    if config["batch_size"] % world_size:
-        raise ValueError(f"--batch-size {config['batch_size']} (the global batch) must divide among {world_size} processes")
     memory_format = torch.channels_last if config["channels_last"] else torch.contiguous_format
     model.to(device, memory_format=memory_format)
     # The whole training set stays on the device as uint8 (28,709 x 48 x 48 = 66 MB): batches
@@ -630,15 +638,17 @@ def train(model, data, config, run_dir):
         print(f"resuming {run_dir} after epoch {progress['epoch']}")
     # Distributed: DDP averages the gradients of all processes in backward(), so every process
     # takes the same step, the one a single process would take on the whole batch.
-    trained = DistributedDataParallel(model) if world_size > 1 else model
+    training_model = DistributedDataParallel(model) if world_size > 1 else model
 
     start = time.perf_counter() - progress["elapsed_s"]
     first_epoch, elapsed_before = progress["epoch"] + 1, progress["elapsed_s"]
     try:
         for epoch in range(progress["epoch"] + 1, config["epochs"] + 1):
-            torch.manual_seed(config["seed"] * 1000 + epoch + 7919 * rank)  # augmentation, dropout
+            # Augmentation and dropout: a seed of its own for every (seed, epoch), so a resumed run
+            # repeats them exactly, and for every process (7919, a prime, keeps the seeds apart).
+            torch.manual_seed(config["seed"] * 1000 + epoch + 7919 * rank)
             loss_sum, correct, seen, images_per_s = train_one_epoch(
-                trained, optimizer, loss_function, train_images, train_labels, config, epoch, progress)
+                training_model, optimizer, loss_function, train_images, train_labels, config, epoch, progress)
             # Each process validates a shard; the sums over all shards give every process the same numbers.
             val_images, val_labels = data["val"]["images"][rank::world_size], data["val"]["labels"][rank::world_size]
             val = evaluate(model, val_images, val_labels, device, config["amp"])
@@ -683,9 +693,10 @@ def train(model, data, config, run_dir):
               f"continue with --resume {run_dir}")
         progress["interrupted"] = True
         return progress
-    print(f"best validation accuracy {progress['best_val_acc']:.2%} (epoch "
-          f"{max(progress['history'], key=lambda row: row['val_acc'])['epoch']}); "
-          f"evaluate with: python evaluate.py --run {run_dir}")
+    if progress["history"]:
+        best_epoch = max(progress["history"], key=lambda row: row["val_acc"])["epoch"]
+        print(f"best validation accuracy {progress['best_val_acc']:.2%} (epoch {best_epoch}); "
+              f"evaluate with: python evaluate.py --run {run_dir}")
     return progress
 
 
@@ -838,7 +849,15 @@ def resolve_config(args, arch):
     """(config, run folder to resume or None): with --resume, the interrupted run's own config;
     otherwise the argparse namespace as a dict, with automatic choices made explicit."""
     if args.resume:
-        return json.loads((Path(args.resume) / "config.json").read_text()), Path(args.resume)
+        config_file = Path(args.resume) / "config.json"
+        if not config_file.is_file():
+            raise DataError(f"{config_file}: not found; --resume expects a run folder written by train_*.py")
+        config = json.loads(config_file.read_text())
+        config["device"] = str(pick_device(args.device))  # this process's device, not the one that started it
+        return config, Path(args.resume)
+    if args.batch_size % rank_and_world_size()[1]:
+        raise DataError(f"--batch-size {args.batch_size} (the global batch) must divide among "
+                        f"{rank_and_world_size()[1]} processes")
     config = dict(vars(args), arch=arch)
     device = pick_device(args.device)
     bf16_cpu = device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
@@ -875,9 +894,9 @@ def make_run_dir(config, runs_dir="runs"):
         run_dir.mkdir(parents=True, exist_ok=False)
         (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     if dist.is_initialized():  # the other processes take rank 0's folder name (their clocks may differ)
-        shared = [config]
+        shared = [config["run_dir"]]
         dist.broadcast_object_list(shared, src=0)
-        config.update(shared[0])
+        config["run_dir"] = shared[0]
     return Path(config["run_dir"])
 
 

@@ -24,19 +24,19 @@ def main():
     args = parser.parse_args()
 
     fer.init_distributed()  # a no-op unless started by torchrun
-    config, run_dir = fer.resolve_config(args, arch="baseline")
     try:
+        config, run_dir = fer.resolve_config(args, arch="baseline")
         data = fer.load_fer2013(config["data"], seed=config["seed"])
-    except fer.DataError as error:
+        run_dir = run_dir or fer.make_run_dir(config)
+        torch.manual_seed(config["seed"])
+        model = fer.build_model(config)
+        print(f"{run_dir}: {fer.count_parameters(model):,} parameters, {len(data['train']['labels']):,} training "
+              f"images, device {config['device']}, bf16 autocast {'on' if config['amp'] else 'off'}")
+        progress = fer.train(model, data, config, run_dir)
+    except (fer.DataError, FloatingPointError) as error:  # bad input, or a loss that became NaN
         sys.exit(f"error: {error}")
-    run_dir = run_dir or fer.make_run_dir(config)
-    torch.manual_seed(config["seed"])
-    model = fer.build_model(config)
-    print(f"{run_dir}: {fer.count_parameters(model):,} parameters, {len(data['train']['labels']):,} training "
-          f"images, device {config['device']}, bf16 autocast {'on' if config['amp'] else 'off'}")
-    if fer.train(model, data, config, run_dir).get("interrupted"):
+    if progress.get("interrupted"):
         sys.exit(130)
-
 
 if __name__ == "__main__":
     main()

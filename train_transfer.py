@@ -22,6 +22,8 @@ import torch
 
 import fer
 
+# Feature extraction trains a linear head on fixed features: big batches, a high rate, many cheap epochs.
+# Fine-tuning moves 2M+ pretrained weights on augmented images: each epoch costs minutes on a CPU.
 MODE_DEFAULTS = {"feature": dict(epochs=30, batch_size=256, lr=3e-3, unfreeze="0"),
                  "finetune": dict(epochs=8, batch_size=64, lr=1e-3, unfreeze="all")}
 
@@ -47,6 +49,8 @@ def parse_config():
             setattr(args, key, value)
     if args.mode == "feature" and args.unfreeze != "0":
         parser.error("--mode feature trains the head only: leave out --unfreeze")
+    if args.weights_path and args.weights == "none":
+        parser.error("--weights none and --weights-path contradict each other: choose one")
     if args.weights_path:
         args.weights = "file"
     if args.backbone_lr_scale is None:  # pretrained features need only small steps; random ones need all of them
@@ -55,31 +59,40 @@ def parse_config():
     return fer.resolve_config(args, arch=args.arch)
 
 
+def extract_features(model, data, config, run_dir):
+    """The backbone's features of every image (cached), and how long computing them took."""
+    start = time.perf_counter()
+    features = fer.cached_features(model, data, config)
+    seconds = time.perf_counter() - start  # near zero when the features came from the cache
+    record = run_dir / "feature_extraction.json"
+    if fer.rank_and_world_size()[0] == 0 and not record.exists():  # keep the first measurement on --resume
+        record.write_text(json.dumps({"seconds": seconds}) + "\n")
+    return features
+
+
 def main():
     fer.init_distributed()  # a no-op unless started by torchrun
-    config, run_dir = parse_config()
     try:
+        config, run_dir = parse_config()
         data = fer.load_fer2013(config["data"], seed=config["seed"])
         backbone_weights = None if run_dir else fer.starting_weights(config)
-    except fer.DataError as error:
+        if config["weights"] == "none":
+            print("--weights none: the backbone starts from random weights (training from scratch, on purpose)")
+        torch.manual_seed(config["seed"])
+        model = fer.build_model(config, backbone_weights)
+        if run_dir:  # resuming: the features must come from the run's own backbone, not a fresh one
+            model.load_state_dict(torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)["model"])
+        run_dir = run_dir or fer.make_run_dir(config)
+        trainable, total = fer.count_parameters(model, trainable_only=True), fer.count_parameters(model)
+        print(f"{run_dir}: {config['arch']} {config['mode']}, weights {config['weights_path'] or config['weights']}, "
+              f"input {config['input_size']}px, {trainable:,} of {total:,} parameters train")
+        if config["mode"] == "feature":
+            data = extract_features(model, data, config, run_dir)
+        progress = fer.train(model, data, config, run_dir)
+    except (fer.DataError, FloatingPointError) as error:  # bad input, or a loss that became NaN
         sys.exit(f"error: {error}")
-    if config["weights"] == "none":
-        print("--weights none: the backbone starts from random weights (training from scratch, on purpose)")
-    torch.manual_seed(config["seed"])
-    model = fer.build_model(config, backbone_weights)
-    run_dir = run_dir or fer.make_run_dir(config)
-    trainable, total = fer.count_parameters(model, trainable_only=True), fer.count_parameters(model)
-    print(f"{run_dir}: {config['arch']} {config['mode']}, weights {config['weights_path'] or config['weights']}, "
-          f"input {config['input_size']}px, {trainable:,} of {total:,} parameters train")
-    if config["mode"] == "feature":
-        start = time.perf_counter()
-        data = fer.cached_features(model, data, config)
-        seconds = time.perf_counter() - start  # near zero when the features came from the cache
-        if not (run_dir / "feature_extraction.json").exists():  # keep the first measurement on --resume
-            (run_dir / "feature_extraction.json").write_text(json.dumps({"seconds": seconds}) + "\n")
-    if fer.train(model, data, config, run_dir).get("interrupted"):
+    if progress.get("interrupted"):
         sys.exit(130)
-
 
 if __name__ == "__main__":
     main()

@@ -1,4 +1,6 @@
 """Synthetic FER-2013 look-alikes, written into tmp_path by the tests that need them."""
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -56,6 +58,13 @@ def private_cache(tmp_path, monkeypatch):
 @pytest.fixture
 def kaggle_folder(tmp_path):
     return write_kaggle_folder(tmp_path / "fer2013")
+
+
+def run_script(script, *args, cwd, **environment):
+    """Run one of the project's scripts as a user would, from `cwd`."""
+    environment = dict(os.environ, PYTHONUNBUFFERED="1", **environment)
+    return subprocess.run([sys.executable, str(PROJECT_DIR / script), *args], cwd=cwd, env=environment,
+                          capture_output=True, text=True, timeout=300)
 
 
 def training_config(**overrides):

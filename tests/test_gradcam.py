@@ -6,8 +6,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import fer
-from conftest import write_kaggle_folder
-from test_train import run_script
+from conftest import write_kaggle_folder, run_script
 
 
 class TopLeftQuadrantModel(nn.Module):

@@ -1,15 +1,12 @@
 """The training loop: resumable, stops on NaN, and writes complete run folders."""
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn as nn
 
 import fer
-from conftest import PROJECT_DIR, training_config
+from conftest import run_script, training_config
 
 
 def small_data(kaggle_folder):
@@ -64,12 +61,6 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
     assert rates[-1] < 0.001 and all(a >= b for a, b in zip(rates[9:], rates[10:]))
 
 
-def run_script(script, *args, cwd):
-    environment = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, str(PROJECT_DIR / script), *args], cwd=cwd, env=environment,
-                          capture_output=True, text=True, timeout=300)
-
-
 def test_train_baseline_writes_a_complete_run_folder_that_evaluate_reads(kaggle_folder, tmp_path):
     result = run_script("train_baseline.py", "--data", str(kaggle_folder), "--epochs", "1", "--batch-size", "8",
                         "--width", "8", "--device", "cpu", cwd=tmp_path)
@@ -91,9 +82,10 @@ def test_train_baseline_writes_a_complete_run_folder_that_evaluate_reads(kaggle_
     assert (run_dir / "confusion_test.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize("script", ["train_baseline.py", "evaluate.py"])
-def test_scripts_report_bad_input_in_one_line_without_a_traceback(tmp_path, script):
-    args = ["--data", str(tmp_path / "missing")] if script == "train_baseline.py" else ["--run", str(tmp_path)]
-    result = run_script(script, *args, cwd=tmp_path)
+@pytest.mark.parametrize("script, args", [("train_baseline.py", ["--data", "{tmp}/missing"]),
+                                          ("train_baseline.py", ["--resume", "{tmp}"]),
+                                          ("evaluate.py", ["--run", "{tmp}"])])
+def test_scripts_report_bad_input_in_one_line_without_a_traceback(tmp_path, script, args):
+    result = run_script(script, *[arg.format(tmp=tmp_path) for arg in args], cwd=tmp_path)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and str(tmp_path) in result.stderr

@@ -8,8 +8,7 @@ import torch.nn as nn
 import torchvision
 
 import fer
-from conftest import training_config
-from test_train import run_script
+from conftest import training_config, run_script
 
 ARCHS = ["resnet18", "vgg16", "mobilenet_v2"]
 
@@ -147,6 +146,14 @@ def test_train_transfer_cli_feature_mode_writes_a_run_that_evaluate_reads(kaggle
 
 def test_train_transfer_without_weights_says_how_to_get_them(kaggle_folder, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
-    result = run_script("train_transfer.py", "--data", str(kaggle_folder), "--arch", "resnet18", cwd=tmp_path)
+    # A proxy that refuses every connection: no download even where the internet is reachable.
+    result = run_script("train_transfer.py", "--data", str(kaggle_folder), "--arch", "resnet18", cwd=tmp_path,
+                        HTTPS_PROXY="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "--weights-path" in result.stderr and "--weights none" in result.stderr
+
+
+def test_weights_none_and_a_weights_file_together_are_refused(kaggle_folder, tmp_path):
+    result = run_script("train_transfer.py", "--data", str(kaggle_folder), "--weights", "none",
+                        "--weights-path", str(tmp_path / "w.pth"), cwd=tmp_path)
+    assert result.returncode == 2 and "contradict" in result.stderr
