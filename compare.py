@@ -56,7 +56,7 @@ def markdown_table(rows):
 
 
 def bar_chart(rows, path):
-    labels = [f"{row['model']}\n{row['mode']}\n{row['weights'].split(' (')[0]}" for row in rows]
+    labels = [f"{row['model']}\n{row['mode']}\n{row['weights'].split(' (')[0]}, {row['epochs']} epochs" for row in rows]
     figure, axes = plt.subplots(figsize=(max(6, 1.6 * len(rows)), 4.5))
     positions = range(len(rows))
     axes.bar([p - 0.2 for p in positions], [100 * row["accuracy"] for row in rows], 0.4, label="PrivateTest accuracy")
