@@ -43,7 +43,7 @@ def explain(model, images, layer, device, batch_size=256):
     probabilities = fer.predict_probabilities(model, images, device)
     cams = []
     for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size].unsqueeze(1).to(device).float() / 255
+        batch = fer.as_model_input(images[start:start + batch_size].to(device))
         cams.append(fer.grad_cam(model, batch, probabilities[start:start + batch_size].argmax(1), layer).cpu())
         print(f"\rgrad-cam: {min(start + batch_size, len(images))}/{len(images)} images", end="", flush=True)
     print()
