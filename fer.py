@@ -886,15 +886,29 @@ def git_commit():
         return None
 
 
+def make_new_dir(path):
+    """Create `path`; False if it already exists (mkdir is atomic: of two racing processes one wins)."""
+    try:
+        path.mkdir()
+        return True
+    except FileExistsError:
+        return False
+
+
 def make_run_dir(config, runs_dir="runs"):
     """Create runs/<timestamp>-<name>/ and write its config.json (every resolved setting)."""
-    run_dir = Path(runs_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}-{config['name']}"
-    config.update(torch_version=str(torch.__version__), git_commit=git_commit(), run_dir=str(run_dir))
+    config.update(torch_version=str(torch.__version__), git_commit=git_commit())
     if rank_and_world_size()[0] == 0:
-        run_dir.mkdir(parents=True, exist_ok=False)
+        stem = Path(runs_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}-{config['name']}"
+        Path(runs_dir).mkdir(parents=True, exist_ok=True)
+        run_dir, attempt = stem, 1
+        while not make_new_dir(run_dir):  # two runs of the same name started in the same second: -2, -3, ...
+            attempt += 1
+            run_dir = stem.with_name(f"{stem.name}-{attempt}")
+        config["run_dir"] = str(run_dir)
         (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     if dist.is_initialized():  # the other processes take rank 0's folder name (their clocks may differ)
-        shared = [config["run_dir"]]
+        shared = [config.get("run_dir")]  # None except on rank 0
         dist.broadcast_object_list(shared, src=0)
         config["run_dir"] = shared[0]
     return Path(config["run_dir"])

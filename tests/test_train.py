@@ -89,3 +89,11 @@ def test_scripts_report_bad_input_in_one_line_without_a_traceback(tmp_path, scri
     result = run_script(script, *[arg.format(tmp=tmp_path) for arg in args], cwd=tmp_path)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and str(tmp_path) in result.stderr
+
+
+def test_two_runs_of_the_same_name_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch):
+    monkeypatch.setattr(fer.time, "strftime", lambda format: "20260101-000000")
+    folders = [fer.make_run_dir({"name": "twin"}, runs_dir=tmp_path) for _ in range(3)]
+    assert [folder.name for folder in folders] == ["20260101-000000-twin", "20260101-000000-twin-2",
+                                                   "20260101-000000-twin-3"]
+    assert all(json.loads((folder / "config.json").read_text())["run_dir"] == str(folder) for folder in folders)
