@@ -145,7 +145,7 @@ def main():
     probabilities, cams = explain(model, images, layer, device)
     for emotion in fer.EMOTIONS:
         plot_class_grid(emotion, images, labels, probabilities, cams, run_dir / f"gradcam_{emotion}.png")
-    plot_class_means(images, labels, probabilities, cams, f"{run_dir.name}: mean Grad-CAM of layer {layer_name} "
+    plot_class_means(images, labels, probabilities, cams, f"{run_dir.name}\nmean Grad-CAM of layer {layer_name} "
                      f"over each class's correctly classified PrivateTest images", run_dir / "gradcam_class_means.png")
     print(f"wrote gradcam_<emotion>.png for {len(fer.EMOTIONS)} classes and gradcam_class_means.png into {run_dir}")
 
