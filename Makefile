@@ -12,14 +12,17 @@ IMAGES   ?=
 # Processes for training: NPROC=2 launches through torchrun (one per GPU, or gloo on CPUs).
 NPROC    ?= 1
 TRAIN    = $(if $(filter-out 1,$(NPROC)),.venv/bin/torchrun --nproc_per_node=$(NPROC),$(PYTHON))
-# The run that evaluate, gradcam and predict look at; default: the newest folder under runs/.
-# (Folder names start with a timestamp, so the last name is the newest run.)
-RUN      ?= $(shell ls -d runs/*/ 2>/dev/null | tail -n 1)
-NEWEST_RUN = $$(ls -d runs/*/ | tail -n 1)
+# The run that evaluate looks at; default: the newest folder under runs/.
+# (Folder names start with a timestamp, so the last name is the newest run; runs/release is a copy.)
+RUN      ?= $(shell ls -d runs/[0-9]*/ 2>/dev/null | tail -n 1)
+# Each training target names its new run folder (runs/<timestamp>-<name>) once, trains into it with
+# --run-dir and evaluates exactly that folder: the newest under runs/ may be another run started
+# meanwhile. The commands are one shell line joined by \, since each recipe line gets its own shell.
+STAMP    = $$(date +%Y%m%d-%H%M%S)
 EPOCHS_FLAG = $(if $(EPOCHS),--epochs $(EPOCHS))
 
 .DEFAULT_GOAL := help
-.PHONY: help install data baseline baseline-seed feature-extract finetune compare bench evaluate test clean-cache
+.PHONY: help install data baseline baseline-seed vggnet ensemble feature-extract finetune compare bench evaluate release test clean-cache
 
 help:  ## list the targets and their variables
 	@echo "targets:"
@@ -30,8 +33,9 @@ help:  ## list the targets and their variables
 	@echo "  ARCH=$(ARCH)       for feature-extract/finetune: mobilenet_v2, resnet18 or vgg16"
 	@echo "  EPOCHS=n               training epochs (default: the script's recipe)"
 	@echo "  ARGS='...'             more flags for the script, e.g. ARGS='--batch-norm --lr 1e-3'"
-	@echo "  RUN=runs/DIR           run folder for evaluate, gradcam, predict (default: newest, now $(or $(RUN),none))"
-	@echo "  IMAGES='a.jpg b.jpg'   photos for predict"
+	@echo "  RUN=runs/DIR           run folder for evaluate (default: newest, now $(or $(RUN),none)) and release;"
+	@echo "                         for gradcam, predict, export (default: runs/release, the released model)"
+	@echo "  IMAGES='a.jpg clips/'  photos, videos and folders for predict"
 	@echo "  NPROC=n                training processes, launched with torchrun when n > 1 (default: 1)"
 
 install: $(VENV)  ## create .venv and install requirements.txt (again only when it changes)
@@ -44,26 +48,43 @@ data: $(VENV)  ## get FER-2013 into FER_DATA: check it, else unpack ARCHIVE (or 
 	$(PYTHON) get_data.py $(if $(ARCHIVE),--archive "$(ARCHIVE)")
 
 baseline: data  ## train the baseline CNN (fast recipe), then evaluate it on PrivateTest
-	$(TRAIN) train_baseline.py $(EPOCHS_FLAG) $(ARGS)
-	$(PYTHON) evaluate.py --run $(NEWEST_RUN)
+	run=runs/$(STAMP)-baseline && \
+	$(TRAIN) train_baseline.py --run-dir "$$run" $(EPOCHS_FLAG) $(ARGS) && \
+	$(PYTHON) evaluate.py --run "$$run"
 
 baseline-seed: data  ## the same CNN with the seed's recipe (Adam 1e-3, plateau, 50 epochs, early stop)
-	$(TRAIN) train_baseline.py --name baseline-seed --optimizer adamw --lr 1e-3 --weight-decay 0 \
-	  --schedule plateau --early-stop 10 --batch-size 64 --label-smoothing 0 --epochs $(or $(EPOCHS),50) $(ARGS)
-	$(PYTHON) evaluate.py --run $(NEWEST_RUN)
+	run=runs/$(STAMP)-baseline-seed && \
+	$(TRAIN) train_baseline.py --run-dir "$$run" --name baseline-seed --optimizer adamw --lr 1e-3 --weight-decay 0 \
+	  --schedule plateau --early-stop 10 --batch-size 64 --label-smoothing 0 --epochs $(or $(EPOCHS),50) $(ARGS) && \
+	$(PYTHON) evaluate.py --run "$$run"
+
+vggnet: data  ## train VGGNet, the network designed for 48x48 faces, with its recipe; then evaluate
+	run=runs/$(STAMP)-vggnet && \
+	$(TRAIN) train_baseline.py --arch vggnet --run-dir "$$run" $(EPOCHS_FLAG) $(ARGS) && \
+	$(PYTHON) evaluate.py --run "$$run"
+
+# The runs an ensemble averages: make ensemble RUNS="runs/A runs/B runs/C".
+RUNS     ?=
+ensemble: $(VENV)  ## evaluate the ensemble of RUNS (the mean of their probabilities) into a new runs/ folder
+	@test -n "$(RUNS)" || { echo "name the runs: make ensemble RUNS='runs/A runs/B'"; exit 1; }
+	$(PYTHON) evaluate.py $(foreach run,$(RUNS),--run $(run)) $(ARGS)
 
 # Transfer learning. The MobileNetV2 ImageNet features in ../shared/weights work offline; elsewhere
 # ARCH=resnet18 or vgg16 take torchvision's ImageNet weights (downloaded once into $$TORCH_HOME).
 ARCH     ?= mobilenet_v2
 WEIGHTS  ?= $(if $(findstring --weights none,$(ARGS)),,$(if $(wildcard ../shared/weights/$(ARCH)_imagenet_features.pth),--weights-path ../shared/weights/$(ARCH)_imagenet_features.pth))
+# The end of the run folder's name, as train_transfer.py names its runs: mobilenet_v2-finetune-pretrained.
+START    = $(if $(findstring --weights none,$(ARGS)),scratch,pretrained)
 
 feature-extract: data  ## ARCH's frozen ImageNet features, cached, with a new 7-class head; then evaluate
-	$(TRAIN) train_transfer.py --arch $(ARCH) --mode feature $(WEIGHTS) $(EPOCHS_FLAG) $(ARGS)
-	$(PYTHON) evaluate.py --run $(NEWEST_RUN)
+	run=runs/$(STAMP)-$(ARCH)-feature-$(START) && \
+	$(TRAIN) train_transfer.py --run-dir "$$run" --arch $(ARCH) --mode feature $(WEIGHTS) $(EPOCHS_FLAG) $(ARGS) && \
+	$(PYTHON) evaluate.py --run "$$run"
 
 finetune: data  ## fine-tune ARCH from ImageNet weights (ARGS='--weights none' from scratch); then evaluate
-	$(TRAIN) train_transfer.py --arch $(ARCH) --mode finetune $(WEIGHTS) $(EPOCHS_FLAG) $(ARGS)
-	$(PYTHON) evaluate.py --run $(NEWEST_RUN)
+	run=runs/$(STAMP)-$(ARCH)-finetune-$(START) && \
+	$(TRAIN) train_transfer.py --run-dir "$$run" --arch $(ARCH) --mode finetune $(WEIGHTS) $(EPOCHS_FLAG) $(ARGS) && \
+	$(PYTHON) evaluate.py --run "$$run"
 
 compare: $(VENV)  ## table (docs/compare.md) and bar chart (docs/compare.png) of the evaluated runs
 	$(PYTHON) compare.py $(ARGS)
@@ -76,18 +97,38 @@ evaluate: $(VENV)  ## evaluate RUN on PrivateTest (ARGS='--split val' for Public
 	$(PYTHON) evaluate.py --run $(RUN) $(ARGS)
 
 .PHONY: gradcam
-gradcam: $(VENV)  ## Grad-CAM of RUN: per-class grids, class-mean maps (ARGS='--image face.jpg')
-	@test -n "$(RUN)" || { echo "no run folder under runs/: train one first (make baseline)"; exit 1; }
-	$(PYTHON) gradcam.py --run $(RUN) $(ARGS)
+gradcam: $(VENV)  ## Grad-CAM of RUN (default: runs/release): class grids, class-mean maps (ARGS='--image face.jpg')
+	$(PYTHON) gradcam.py $(PREDICT_RUN) $(ARGS)
 
 .PHONY: install-predict predict
-install-predict: $(VENV)  ## also install OpenCV, which predict needs to find faces in photos
+PREDICT_VENV := .venv/installed-predict
+install-predict: $(PREDICT_VENV)  ## also install OpenCV (predict finds faces with it, reads videos)
+$(PREDICT_VENV): $(VENV) requirements-predict.txt
 	.venv/bin/pip install -r requirements-predict.txt
+	touch $@
 
-predict: $(VENV)  ## emotions of the faces in IMAGES, with RUN's model (ARGS='--tta --no-detect ...')
-	@test -n "$(RUN)" || { echo "no run folder under runs/: train one first (make baseline)"; exit 1; }
-	@test -n "$(IMAGES)" || { echo "name the photos: make predict IMAGES='a.jpg b.jpg'"; exit 1; }
-	$(PYTHON) predict.py --run $(RUN) $(ARGS) $(IMAGES)
+# predict (and gradcam, export) use the released model (runs/release) unless RUN is named on the command
+# line or in the environment: make predict RUN=runs/DIR IMAGES=...
+PREDICT_RUN = $(if $(filter command line environment,$(origin RUN)),--run $(RUN))
+
+predict: $(PREDICT_VENV)  ## emotions of the faces in IMAGES: photos, videos, folders (ARGS='--out annotated/ ...')
+	@test -n "$(IMAGES)" || { echo "name the photos, videos or folders: make predict IMAGES='a.jpg clips/'"; exit 1; }
+	$(PYTHON) predict.py $(PREDICT_RUN) $(ARGS) $(IMAGES)
+
+# The released model, runs/release/ (committed): made from a run folder, exported to ONNX.
+.PHONY: install-export export
+EXPORT_VENV := .venv/installed-export
+install-export: $(EXPORT_VENV)  ## also install onnx, onnxscript and onnxruntime, which export needs
+$(EXPORT_VENV): $(VENV) requirements-export.txt
+	.venv/bin/pip install -r requirements-export.txt
+	touch $@
+
+release: $(VENV)  ## make RUN the released model runs/release/: stripped best.pt, its evaluation, RELEASE.md
+	@test "$(origin RUN)" != file || { echo "name the run to release: make release RUN=runs/DIR"; exit 1; }
+	$(PYTHON) release.py --run $(RUN) $(ARGS)
+
+export: $(EXPORT_VENV)  ## RUN (default: runs/release) to RUN/model.onnx, checked against PyTorch with onnxruntime
+	$(PYTHON) export.py $(PREDICT_RUN) $(ARGS)
 
 test: $(VENV)  ## run the test suite (uses the real data too when FER_DATA names a copy)
 	$(PYTHON) -m pytest -q tests

@@ -1,7 +1,8 @@
 """
 Benchmark, side by side in one run on this machine (never compare against an old figure:
 shared machines vary by 3x): the data pipeline, a full training step per model and layout,
-and evaluation. Prints a table and writes bench.json.
+evaluation, and predict.py on a folder of face crops and on a video. Prints a table and writes
+bench.json.
 
     python bench.py            # about two minutes
     python bench.py --quick    # a few seconds per row
@@ -11,9 +12,15 @@ backward pass (convolutions and matrix multiplies; 2 FLOPs per multiply-add), an
 a fraction of this machine's measured 2048x2048 float32 (and bfloat16) matrix multiply.
 """
 import argparse
+import contextlib
+import io
 import json
+import math
 import platform
+import tempfile
 import time
+from collections import Counter
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -113,6 +120,59 @@ def bench_seed_data_pipeline(data_root, batch_size, seconds):
     return images_per_second(lambda: next(batches), batch_size, seconds)
 
 
+def write_face_video(path, frames=150):
+    """A 640x480, 30 frames/s video of one real face (docs/astronaut.jpg, public domain) drifting and
+    zooming over a plain background."""
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    head = Image.open(fer.PROJECT_DIR / "docs" / "astronaut.jpg").convert("RGB").crop((96, 0, 352, 256))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30, (640, 480))
+    for i in range(frames):
+        phase = 2 * math.pi * i / frames
+        size = int(220 + 60 * math.sin(phase))
+        frame = Image.new("RGB", (640, 480), (90, 110, 130))
+        frame.paste(head.resize((size, size)), (int(40 + (560 - size) * (0.5 + 0.5 * math.sin(phase))),
+                                                int(20 + (440 - size) * (0.5 + 0.5 * math.cos(phase)))))
+        writer.write(cv2.cvtColor(np.asarray(frame), cv2.COLOR_RGB2BGR))
+    writer.release()
+
+
+def bench_predict(crop_paths, run_dir, workdir):
+    """predict.py end to end in this process, as a user runs it (start-up of Python and torch aside):
+    a folder of face crops with --no-detect, JSON lines only, decoding included; and a 640x480 video
+    with one face, with and without its annotated copy."""
+    import predict
+
+    def run(*argv):  # (seconds, the JSON lines printed)
+        printed = io.StringIO()
+        start = time.perf_counter()
+        with contextlib.redirect_stdout(printed), contextlib.suppress(SystemExit):
+            predict.main(["--run", str(run_dir), *map(str, argv)])
+        return time.perf_counter() - start, [json.loads(line) for line in printed.getvalue().splitlines()]
+
+    results = {}
+    if crop_paths:  # symbolic links: a folder of the crops, without copying any
+        (workdir / "crops").mkdir()
+        for path in crop_paths:
+            (workdir / "crops" / path.name).symlink_to(path.resolve())
+        run("--no-detect", *crop_paths[:8])  # warm-up: oneDNN picks its kernels
+        seconds, faces = run("--no-detect", workdir / "crops")
+        results["folder_no_detect_images_per_s"] = len(faces) / seconds
+    try:
+        write_face_video(workdir / "face.mp4")
+    except ImportError:  # no OpenCV: make install-predict
+        return results
+    seconds, faces = run(workdir / "face.mp4")
+    results["video_frames_per_s"] = 150 / seconds
+    faces_per_frame = Counter(face["frame"] for face in faces)
+    results["video_frames_with_one_face"] = sum(count == 1 for count in faces_per_frame.values())
+    seconds, _ = run("--out", workdir / "annotated", workdir / "face.mp4")
+    results["video_with_annotated_copy_frames_per_s"] = 150 / seconds
+    return results
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=fer.DEFAULT_DATA, help="FER-2013, Kaggle layout (default: %(default)s)")
@@ -154,6 +214,10 @@ def main():
             for batch_size in (128, 256):
                 training_row(f"baseline, {layout}, {precision}", dict(baseline, channels_last=channels_last, amp=amp),
                              batch_size)
+    # VGGNet (train_baseline.py --arch vggnet), beside the baseline: 4.9x its FLOPs per image.
+    for width in (32, 48):
+        training_row(f"vggnet width {width}, channels_last, bf16 autocast",
+                     {"arch": "vggnet", "width": width, "dropout": 0.3, "channels_last": True, "amp": True}, 128)
     if args.compile:
         training_row("baseline, channels_last, bf16 autocast, torch.compile",
                      dict(baseline, channels_last=True, amp=True, compile=True), 128)
@@ -173,6 +237,25 @@ def main():
             rate = len(images) / (time.perf_counter() - start)
             results.setdefault("evaluation_images_per_s", {})[f"{name}, {'bf16' if amp else 'fp32'}"] = rate
             rows.append((f"evaluate: baseline, {name}, {'bf16' if amp else 'float32'}", f"{rate:,.0f} img/s", ""))
+
+    # predict.py with the released model, or else an untrained baseline of the default width.
+    with tempfile.TemporaryDirectory() as workdir:
+        run_dir = fer.RELEASED_RUN if (fer.RELEASED_RUN / "best.pt").is_file() else Path(workdir, "run")
+        if run_dir != fer.RELEASED_RUN:
+            run_dir.mkdir()
+            torch.save({"model": fer.build_model(baseline).state_dict(), "config": baseline}, run_dir / "best.pt")
+        arch = torch.load(run_dir / "best.pt", weights_only=True)["config"]["arch"]
+        speeds = bench_predict(sorted(Path(args.data).glob("test/*/PrivateTest_*")), run_dir, Path(workdir))
+    results["predict"] = dict(speeds, arch=arch)
+    if "folder_no_detect_images_per_s" in speeds:
+        rows.append((f"predict: folder of PrivateTest crops, --no-detect, {arch}",
+                     f"{speeds['folder_no_detect_images_per_s']:,.0f} img/s", "decoding and JSON lines included"))
+    if "video_frames_per_s" in speeds:
+        found = f"one face found in {speeds['video_frames_with_one_face']} of 150 frames"
+        rows.append((f"predict: 640x480 video, one face, {arch}", f"{speeds['video_frames_per_s']:.0f} frames/s",
+                     found))
+        rows.append(("predict: the same, writing the annotated copy",
+                     f"{speeds['video_with_annotated_copy_frames_per_s']:.0f} frames/s", ""))
 
     width = max(len(row[0]) for row in rows)
     for what, value, note in rows:

@@ -19,7 +19,7 @@ import fer
 
 
 def describe_weights(config):
-    if config["arch"] == "baseline":
+    if config["arch"] in ("baseline", "vggnet"):
         return "random (trained from scratch)"
     if config["weights"] == "none":
         return "random (from scratch, on purpose)"
@@ -32,12 +32,13 @@ def summarise(run_dir):
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     extraction = run_dir / "feature_extraction.json"
     extraction_s = json.loads(extraction.read_text())["seconds"] if extraction.exists() else 0.0
-    recipe = "seed's recipe (plateau)" if config["schedule"] == "plateau" else "our recipe (cosine)"
+    recipe = "seed's recipe (plateau)" if config["schedule"] == "plateau" else f"our recipe ({config['optimizer']}, cosine)"
     mode = config.get("mode", recipe)
     return {
         "run": run_dir.name, "model": config["arch"] + (f" {config['input_size']}px" if "input_size" in config else ""),
         "mode": "feature extraction" if mode == "feature" else "fine-tuning" if mode == "finetune" else mode,
         "weights": describe_weights(config), "accuracy": report["accuracy"], "accuracy_tta": report["accuracy_flip_tta"],
+        "accuracy_ten": report.get("accuracy_ten_view_tta", float("nan")),
         "accuracy_unseen": report["accuracy_without_train_duplicates"],
         "macro_f1": report["macro_f1"], "trainable": fer.count_parameters(fer.build_model(config), trainable_only=True),
         "epochs": len(history), "images_per_s": sum(row["images_per_s"] for row in history) / len(history),
@@ -45,11 +46,11 @@ def summarise(run_dir):
 
 
 def markdown_table(rows):
-    lines = ["| model | mode | starting weights | PrivateTest acc | with flip TTA | no copy in train | macro-F1 "
-             "| trainable params | epochs | train images/s | wall time | run |", "|" + "---|" * 12]
+    lines = ["| model | mode | starting weights | PrivateTest acc | with flip TTA | with ten-view TTA | no copy in train "
+             "| macro-F1 | trainable params | epochs | train images/s | wall time | run |", "|" + "---|" * 13]
     for row in rows:
         lines.append(f"| {row['model']} | {row['mode']} | {row['weights']} | {row['accuracy']:.2%} | "
-                     f"{row['accuracy_tta']:.2%} | {row['accuracy_unseen']:.2%} | {row['macro_f1']:.3f} | "
+                     f"{row['accuracy_tta']:.2%} | {row['accuracy_ten']:.2%} | {row['accuracy_unseen']:.2%} | {row['macro_f1']:.3f} | "
                      f"{row['trainable']:,} | {row['epochs']} | {row['images_per_s']:,.0f} | "
                      f"{row['minutes']:.1f} min | `{row['run']}` |")
     return "\n".join(lines) + "\n"
@@ -96,8 +97,8 @@ def main():
     args = parser.parse_args()
     runs = args.runs
     if not runs:  # folder names start with a timestamp: the last one of each name is the newest
-        newest = {json.loads((d / "config.json").read_text())["name"]: d
-                  for d in sorted(Path("runs").glob("*/")) if (d / "eval_test.json").exists()}
+        newest = {json.loads((d / "config.json").read_text())["name"]: d  # [0-9]*: runs/release is a copy
+                  for d in sorted(Path("runs").glob("[0-9]*/")) if (d / "eval_test.json").exists()}
         runs = list(newest.values())
     if not runs:
         raise SystemExit("error: no evaluated runs under runs/: train and evaluate some first (make baseline)")

@@ -1,16 +1,20 @@
 """
-Evaluate a trained run on PrivateTest (default) or PublicTest, rebuilding the model from the
-run's own config.json: accuracy, per-class precision / recall / F1, macro-F1, the confusion matrix,
-flip test-time augmentation, and accuracy on the test images that have no copy in the training set.
+Evaluate a trained run, or an ensemble of runs, on PrivateTest (default) or PublicTest, rebuilding each
+model from its run's own config.json: accuracy, per-class precision / recall / F1, macro-F1, the confusion
+matrix, test-time augmentation (flip, and ten shifted views), and accuracy on the test images that have
+no copy in the training set.
 
     python evaluate.py --run runs/DIR                 # PrivateTest
     python evaluate.py --run runs/DIR --split val     # PublicTest, the split models are selected on
+    python evaluate.py --run runs/A --run runs/B      # an ensemble: the mean of the runs' probabilities
 
-Writes eval_<split>.json and confusion_<split>.png into the run folder.
+Writes eval_<split>.json and confusion_<split>.png into the run folder (an ensemble: into --out,
+by default a new runs/<time>-ensemble folder, with ensemble.json naming its members).
 """
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import matplotlib
@@ -46,50 +50,70 @@ def plot_confusion(counts, title, path):
     plt.close(figure)
 
 
+def view_report(labels, probabilities, unseen):
+    """Everything reported for one set of test-time views, from the class probabilities."""
+    predictions = probabilities.argmax(1)
+    report = fer.classification_report(labels, predictions)
+    confusion = torch.tensor(report["confusion"])
+    report.update(confusion_row_normalised=(confusion / confusion.sum(1, keepdim=True).clamp(min=1)).tolist(),
+                  accuracy_without_train_duplicates=(predictions[unseen] == labels[unseen]).float().mean().item())
+    return report
+
+
+def output_folder(args):
+    """A single run's own folder; for an ensemble --out, or a new runs/<time>-ensemble-<n> folder."""
+    if len(args.run) == 1:
+        return Path(args.run[0])
+    out = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-ensemble-{len(args.run)}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ensemble.json").write_text(json.dumps({"members": args.run}, indent=2) + "\n")
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", required=True, help="run folder written by train_baseline.py or train_transfer.py")
+    parser.add_argument("--run", required=True, action="append", help="run folder written by a train_*.py "
+                        "script; repeat it to evaluate the ensemble of several runs")
     parser.add_argument("--split", choices=["test", "val"], default="test",
                         help="test = PrivateTest, val = PublicTest (default: %(default)s)")
-    parser.add_argument("--data", help="dataset location (default: the one the run was trained on)")
+    parser.add_argument("--out", help="ensemble: folder for the results (default: runs/<time>-ensemble-<n>)")
+    parser.add_argument("--data", help="dataset location (default: the one the (first) run was trained on)")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     args = parser.parse_args()
 
     device = fer.pick_device(args.device)
     try:
-        model, config = fer.load_run(args.run, device)
-        data = fer.load_fer2013(args.data or config["data"], seed=config["seed"])
+        models, configs = zip(*(fer.load_run(run, device) for run in args.run))
+        data = fer.load_fer2013(args.data or configs[0]["data"], seed=configs[0]["seed"])
     except fer.DataError as error:
         sys.exit(f"error: {error}")
     images, labels = data[args.split]["images"], data[args.split]["labels"]
-    # Reported numbers in float32 (training validates in bf16 for speed), as predict.py and gradcam.py compute.
-    single = fer.evaluate(model, images, labels, device)
-    flipped = fer.evaluate(model, images, labels, device, tta=True)
-    predictions = single["probabilities"].argmax(1)
-    report = fer.classification_report(labels, predictions)
     unseen = fer.not_in_train_mask(images, data["train"]["images"])
-    report.update(
-        split=SPLIT_NAMES[args.split], images=len(labels), accuracy_flip_tta=flipped["accuracy"],
-        confusion_row_normalised=(torch.tensor(report["confusion"]) / torch.tensor(report["confusion"]).sum(
-            1, keepdim=True).clamp(min=1)).tolist(),
-        macro_f1_flip_tta=fer.classification_report(labels, flipped["probabilities"].argmax(1))["macro_f1"],
-        images_without_train_duplicate=int(unseen.sum()),
-        accuracy_without_train_duplicates=(predictions[unseen] == labels[unseen]).float().mean().item())
+    # Reported numbers in float32 (training validates in bf16 for speed), as predict.py and gradcam.py compute.
+    views = {name: view_report(labels, fer.ensemble_probabilities(models, images, device, tta), unseen)
+             for name, tta in (("single", False), ("flip", "flip"), ("ten", "ten"))}
+    report = dict(views["single"], split=SPLIT_NAMES[args.split], images=len(labels), runs=args.run,
+                  images_without_train_duplicate=int(unseen.sum()), test_time_views=views,
+                  accuracy_flip_tta=views["flip"]["accuracy"], macro_f1_flip_tta=views["flip"]["macro_f1"],
+                  accuracy_ten_view_tta=views["ten"]["accuracy"], macro_f1_ten_view_tta=views["ten"]["macro_f1"])
 
-    run_dir = Path(args.run)
-    (run_dir / f"eval_{args.split}.json").write_text(json.dumps(report, indent=2) + "\n")
-    plot_confusion(report["confusion"], f"{run_dir.name}: {report['split']}, accuracy {report['accuracy']:.2%}",
-                   run_dir / f"confusion_{args.split}.png")
+    out = output_folder(args)
+    (out / f"eval_{args.split}.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot_confusion(report["confusion"], f"{out.name}: {report['split']}, accuracy {report['accuracy']:.2%}",
+                   out / f"confusion_{args.split}.png")
 
-    print(f"{report['split']} ({len(labels)} images), model from {run_dir}")
+    members = f"model from {out}" if len(args.run) == 1 else f"ensemble of {len(args.run)} runs: {', '.join(args.run)}"
+    print(f"{report['split']} ({len(labels)} images), {members}")
     print(f"{'class':<10}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}")
     for name, row in report["per_class"].items():
         print(f"{name:<10}{row['precision']:>10.3f}{row['recall']:>10.3f}{row['f1']:>10.3f}{row['support']:>10}")
-    print(f"accuracy {report['accuracy']:.2%}   macro-F1 {report['macro_f1']:.3f}")
-    print(f"with flip TTA: accuracy {report['accuracy_flip_tta']:.2%}   macro-F1 {report['macro_f1_flip_tta']:.3f}")
-    print(f"on the {report['images_without_train_duplicate']} images with no copy in train: "
-          f"accuracy {report['accuracy_without_train_duplicates']:.2%}")
-    print(f"wrote {run_dir / f'eval_{args.split}.json'} and {run_dir / f'confusion_{args.split}.png'}")
+    for name, label in (("single", "single view"), ("flip", "flip TTA (2 views)"), ("ten", "ten-view TTA")):
+        view = views[name]
+        print(f"{label:<20} accuracy {view['accuracy']:.2%}   macro-F1 {view['macro_f1']:.3f}   "
+              f"disgust recall {view['per_class']['disgust']['recall']:.1%}   "
+              f"no copy in train {view['accuracy_without_train_duplicates']:.2%}")
+    print(f"({report['images_without_train_duplicate']} images have no copy in train)")
+    print(f"wrote {out / f'eval_{args.split}.json'} and {out / f'confusion_{args.split}.png'}")
 
 
 if __name__ == "__main__":

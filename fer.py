@@ -7,14 +7,17 @@ command line -> run folders. The scripts (train_baseline.py, evaluate.py, ...) o
 arguments and call in.
 """
 import atexit
+import copy
 import csv
 import hashlib
 import json
 import math
 import os
+import pickle
 import subprocess
 import sys
 import time
+import warnings
 from datetime import timedelta
 from pathlib import Path
 
@@ -31,6 +34,9 @@ IMAGE_SIZE = 48
 PROJECT_DIR = Path(__file__).resolve().parent
 DEFAULT_DATA = os.environ.get("FER_DATA", "data/fer2013")
 CACHE_DIR = Path(os.environ.get("FER_CACHE", PROJECT_DIR / "data" / "cache"))
+# The model this repository ships (a run folder, committed): predict.py and gradcam.py use it when
+# no --run is named, so a fresh clone classifies faces without training first.
+RELEASED_RUN = PROJECT_DIR / "runs" / "release"
 
 
 # -----------------------------------------------------------------------------
@@ -103,7 +109,7 @@ def prepare_face(image):
     The one preprocessing path for training data and for new photos alike."""
     from PIL import Image
 
-    image = image.convert("L")
+    image = to_8bit_gray(image)
     width, height = image.size
     side = min(width, height)
     if width != height:
@@ -114,14 +120,48 @@ def prepare_face(image):
     return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
 
 
-def read_image(path):
-    from PIL import Image, UnidentifiedImageError
+def to_8bit_gray(image):
+    """A PIL image of any mode -> 8-bit gray (mode "L"), scaling 16-bit and float gray instead of clipping it.
+
+    Pillow's convert("L") clips 16-bit gray (a 16-bit PNG, TIFF or PGM: 0..65535) at 255, which turns
+    everything but the darkest 0.4% of the range white."""
+    from PIL import Image
+
+    if image.mode not in ("I", "F") and not image.mode.startswith("I;16"):
+        return image.convert("L")
+    pixels = np.nan_to_num(np.asarray(image, dtype=np.float64))
+    # Integers ("I;16", and "I", as Pillow holds a 16-bit PGM) are 16-bit. Floats carry no range of
+    # their own: 0..1 if every value fits, else 0..255 if every value fits, else 16-bit.
+    full_scale = 65535.0
+    if image.mode == "F" and pixels.max(initial=0) <= 255:
+        full_scale = 1.0 if pixels.max(initial=0) <= 1 else 255.0
+    return Image.fromarray(np.clip(np.rint(pixels * (255 / full_scale)), 0, 255).astype(np.uint8))
+
+
+def open_image(path):
+    """The picture in the file `path`, decoded (a PIL image); DataError if Pillow cannot read it as one."""
+    from PIL import Image
 
     try:
-        with Image.open(path) as image:
-            return prepare_face(image)
-    except (OSError, UnidentifiedImageError) as error:
+        with warnings.catch_warnings():
+            # Pillow warns above 89 million pixels and refuses above 179 million: a 388 KB PNG can hold
+            # 20000x20000 pixels (a "decompression bomb"). For a photo of a face, both are errors.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()  # Image.open reads only the header: decode now, where errors are caught
+            return image
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DataError(f"{path}: image of more than {Image.MAX_IMAGE_PIXELS:,} pixels, too many to decode "
+                        f"safely (a decompression bomb?); expected a photo of a face") from None
+    # A damaged file is an OSError (UnidentifiedImageError, "image file is truncated", ...); a few kinds
+    # of damage are a ValueError (a BMP's palette size), SyntaxError or EOFError in Pillow's decoders.
+    except (OSError, ValueError, SyntaxError, EOFError) as error:
         raise DataError(f"{path}: cannot decode this file as an image ({error})") from None
+
+
+def read_image(path):
+    """An image file -> uint8 tensor [48, 48], prepared like every face (prepare_face)."""
+    return prepare_face(open_image(path))
 
 
 def list_image_folders(root):
@@ -135,9 +175,9 @@ def list_image_folders(root):
             raise DataError(f"{split_dir}: missing folder; expected {root}/train/<emotion>/ and {root}/test/<emotion>/")
         files[folder] = []
         for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
-            if class_dir.name not in EMOTIONS:
+            if class_dir.name.lower() not in EMOTIONS:  # some copies of FER-2013 name them Angry/, Happy/, ...
                 raise DataError(f"{class_dir}: unknown class folder '{class_dir.name}'; expected one of {', '.join(EMOTIONS)}")
-            label = EMOTIONS.index(class_dir.name)
+            label = EMOTIONS.index(class_dir.name.lower())
             files[folder] += [(p, label) for p in sorted(class_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
         if not files[folder]:
             raise DataError(f"{split_dir}: no images (.jpg/.png) found under {split_dir}/<emotion>/")
@@ -196,27 +236,41 @@ def read_image_folders(root, val_fraction, seed):
 def read_fer2013_csv(path):
     """The original fer2013.csv: columns emotion, pixels (2304 numbers), Usage."""
     grouped = {split: ([], []) for split in USAGE_TO_SPLIT.values()}
-    with open(path, newline="") as file:
+    with open(path, newline="", encoding="utf-8-sig") as file:  # -sig: also with the mark Excel puts first
         reader = csv.DictReader(file)
-        missing = {"emotion", "pixels", "Usage"} - set(reader.fieldnames or [])
-        if missing:
-            raise DataError(f"{path}: expected the columns emotion,pixels,Usage; missing {', '.join(sorted(missing))} "
-                            f"(found: {', '.join(reader.fieldnames or []) or 'nothing'})")
-        for line_number, row in enumerate(reader, start=2):
-            try:
-                pixels = np.array(row["pixels"].split(), dtype=np.uint8).reshape(IMAGE_SIZE, IMAGE_SIZE)
-                label, split = int(row["emotion"]), USAGE_TO_SPLIT[row["Usage"]]
-                if not 0 <= label < len(EMOTIONS):
-                    raise ValueError(f"emotion {label} is not in 0..6")
-            except (ValueError, KeyError, AttributeError) as error:
-                raise DataError(f"{path}, line {line_number}: expected emotion 0-6, 2304 pixel values 0-255 "
-                                f"and Usage Training/PublicTest/PrivateTest ({error!r})") from None
-            grouped[split][0].append(torch.from_numpy(pixels))
-            grouped[split][1].append(label)
+        try:
+            missing = {"emotion", "pixels", "Usage"} - set(reader.fieldnames or [])
+            if missing:
+                raise DataError(f"{path}: expected the columns emotion,pixels,Usage; missing {', '.join(sorted(missing))} "
+                                f"(found: {', '.join(reader.fieldnames or []) or 'nothing'})")
+            for row in reader:
+                try:
+                    pixels = np.array(row["pixels"].split(), dtype=np.uint8).reshape(IMAGE_SIZE, IMAGE_SIZE)
+                    label, split = int(row["emotion"]), USAGE_TO_SPLIT[row["Usage"]]
+                    if not 0 <= label < len(EMOTIONS):
+                        raise ValueError(f"emotion {label} is not in 0..6")
+                # A missing field is None (AttributeError, TypeError); a pixel value of 256 or -1 is an OverflowError.
+                except (ValueError, KeyError, AttributeError, TypeError, OverflowError) as error:
+                    raise DataError(f"{path}, line {reader.line_num}: expected emotion 0-6, 2304 pixel values 0-255 "
+                                    f"and Usage Training/PublicTest/PrivateTest ({error!r})") from None
+                grouped[split][0].append(torch.from_numpy(pixels))
+                grouped[split][1].append(label)
+        # Binary data is no UTF-8 text (UnicodeDecodeError); NUL bytes and endless fields are no CSV (csv.Error).
+        except (UnicodeDecodeError, csv.Error) as error:
+            raise DataError(f"{path}: not a CSV text file; cannot read it near line {reader.line_num + 1} ({error})") from None
     for split, (images, _) in grouped.items():
         if not images:
             raise DataError(f"{path}: no rows for the {split} split")
     return {split: as_split(*grouped[split]) for split in ("train", "val", "test")}
+
+
+def training_subset(data, fraction, seed):
+    """`data` with a stratified, seeded `fraction` of its training images (all of them at 1.0): how
+    each method fares when labelled data is scarce. Validation and test splits stay whole."""
+    if fraction >= 1:
+        return data
+    _, kept = stratified_split(data["train"]["labels"], fraction, seed)
+    return dict(data, train={key: value[kept] for key, value in data["train"].items()})
 
 
 def source_fingerprint(source):
@@ -298,6 +352,26 @@ def augment_batch(images, flip=True, rotate_degrees=10.0, zoom=0.1, translate=0.
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+def erase_random_rectangles(images, probability, generator=None):
+    """Random erasing (Zhong et al., 2017), batched: with `probability`, a rectangle of 2-25% of the
+    image (aspect ratio 1/3 to 3) is filled with the mean gray, so no single face region (the mouth,
+    the eyes) can carry the whole decision."""
+    count, height, width = images.shape[0], images.shape[-2], images.shape[-1]
+
+    def uniform(low, high):
+        return (low + torch.rand(count, generator=generator) * (high - low)).to(images.device)[:, None, None]
+
+    area, log_ratio = uniform(0.02, 0.25), uniform(math.log(1 / 3), math.log(3))
+    half_height = (area * log_ratio.exp()).sqrt().clamp(max=1) / 2  # as fractions of the image side
+    half_width = (area / log_ratio.exp()).sqrt().clamp(max=1) / 2
+    centre_y, centre_x = uniform(0, 1), uniform(0, 1)
+    erased = (torch.rand(count, generator=generator) < probability).to(images.device)[:, None, None]
+    ys = ((torch.arange(height, device=images.device) + 0.5) / height)[:, None]
+    xs = ((torch.arange(width, device=images.device) + 0.5) / width)[None, :]
+    inside = ((ys - centre_y).abs() < half_height) & ((xs - centre_x).abs() < half_width) & erased
+    return torch.where(inside[:, None], torch.full_like(images, FER_MEAN), images)
+
+
 # -----------------------------------------------------------------------------
 # Models: every model takes float images [B, 1, 48, 48] in [0, 1] and returns 7 logits
 
@@ -324,6 +398,32 @@ class BaselineCNN(nn.Module):
         self.classifier = nn.Sequential(
             nn.Flatten(), nn.Dropout(0.5), nn.Linear(channels * side * side, 512), nn.ReLU(inplace=True),
             nn.Dropout(0.5), nn.Linear(512, num_classes))
+
+    def forward(self, images):
+        return self.classifier(self.features((images - FER_MEAN) / FER_STD))
+
+
+class VGGNet(nn.Module):
+    """A network designed for 48x48 faces: Khaireddin & Chen's VGGNet for FER-2013 (2021), narrowed.
+
+    Four stages, each two 3x3 conv -> BatchNorm -> ReLU then a 2x2 max-pool (48 -> 24 -> 12 -> 6 -> 3),
+    widths w, 2w, 4w, 8w; then global average pooling -> Dropout -> FC(7). The paper's network is
+    64..512 wide with two 4096-wide FC layers (30 M parameters, 25 M of them in the FC layers);
+    at width 32 with a pooling head it has 1.17 M parameters and costs 4.9x the baseline's FLOPs,
+    yet trains at a third of its speed (wide convolutions keep the bf16 units busy; bench.py)."""
+
+    def __init__(self, num_classes=len(EMOTIONS), width=32, dropout=0.3):
+        super().__init__()
+        layers, channels = [], 1
+        for out_channels in (width, 2 * width, 4 * width, 8 * width):
+            for _ in range(2):
+                layers += [nn.Conv2d(channels, out_channels, 3, padding=1, bias=False),
+                           nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+                channels = out_channels
+            layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
+                                        nn.Linear(channels, num_classes))
 
     def forward(self, images):
         return self.classifier(self.features((images - FER_MEAN) / FER_STD))
@@ -494,6 +594,8 @@ def build_model(config, backbone_weights=None):
     `backbone_weights`: a pretrained torchvision state dict to start a transfer model from."""
     if config["arch"] == "baseline":
         return BaselineCNN(width=config["width"], batch_norm=config["batch_norm"])
+    if config["arch"] == "vggnet":
+        return VGGNet(width=config["width"], dropout=config["dropout"])
     if config["arch"] in HEAD_ATTRIBUTE:
         model = TransferNet(config["arch"], config["input_size"])
         if backbone_weights is not None:
@@ -561,8 +663,18 @@ def as_model_input(batch):
     return batch.unsqueeze(1).float() / 255 if batch.dtype == torch.uint8 else batch
 
 
-def train_one_epoch(model, optimizer, loss_function, images, labels, config, epoch, progress):
-    """One pass over a shuffled copy of the training set.
+@torch.no_grad()
+def update_ema(ema, model, decay, step):
+    """ema <- decay * ema + (1 - decay) * model, for every weight and BatchNorm statistic. Early on
+    the decay is lower ((1 + step) / (10 + step)), so the average forgets its random start quickly."""
+    decay = min(decay, (1 + step) / (10 + step))
+    model = getattr(model, "module", model)  # under DDP, the wrapped model
+    pairs = [(a, b) for a, b in zip(ema.state_dict().values(), model.state_dict().values()) if a.is_floating_point()]
+    torch._foreach_lerp_([a for a, _ in pairs], [b for _, b in pairs], 1 - decay)
+
+
+def train_one_epoch(model, optimizer, loss_function, images, labels, config, epoch, progress, ema=None):
+    """One pass over a shuffled copy of the training set; updates `ema` (an averaged copy) if given.
     Returns (summed loss, correct predictions, images seen, images/s) of this process."""
     model.train()
     device = images.device
@@ -588,13 +700,24 @@ def train_one_epoch(model, optimizer, loss_function, images, labels, config, epo
         if images.dtype == torch.uint8:
             inputs = augment_batch(inputs, flip=config["flip"], rotate_degrees=config["rotate"],
                                    zoom=config["zoom"], translate=config["translate"])
+            if config.get("erase"):
+                inputs = erase_random_rectangles(inputs, config["erase"])
         targets = labels[batch]
+        if config.get("mixup"):
+            # Mixup (Zhang et al., 2018): train on a blend of two images, with the loss blended alike.
+            weight = torch.distributions.Beta(config["mixup"], config["mixup"]).sample().item()
+            partner = torch.randperm(len(batch), device=device)
+            inputs = weight * inputs + (1 - weight) * inputs[partner]
         with autocast(device, config["amp"]):
             logits = model(inputs)
             loss = loss_function(logits.float(), targets)
+            if config.get("mixup"):
+                loss = weight * loss + (1 - weight) * loss_function(logits.float(), targets[partner])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if ema is not None:
+            update_ema(ema, model, config["ema"], global_step)
         loss_sum += loss.detach() * len(batch)
         correct += (logits.argmax(1) == targets).sum()
         seen += len(batch)
@@ -631,14 +754,21 @@ def train(model, data, config, run_dir):
     progress = {"epoch": 0, "best_val_acc": -1.0, "epochs_since_best": 0, "plateau_factor": 1.0,
                 "elapsed_s": 0.0, "history": []}
     if (run_dir / "last.pt").exists():
-        checkpoint = torch.load(run_dir / "last.pt", map_location=device, weights_only=True)
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        checkpoint = load_checkpoint(run_dir / "last.pt", device, keys=("model", "optimizer", "progress"))
+        load_state(model, checkpoint["model"], run_dir / "last.pt")
+        load_state(optimizer, checkpoint["optimizer"], run_dir / "last.pt")
         progress = checkpoint["progress"]
         print(f"resuming {run_dir} after epoch {progress['epoch']}")
     # Distributed: DDP averages the gradients of all processes in backward(), so every process
     # takes the same step, the one a single process would take on the whole batch.
     training_model = DistributedDataParallel(model) if world_size > 1 else model
+    # EMA: validate, select and save an exponential moving average of the weights instead of the
+    # weights themselves; the raw weights' validation accuracy is logged beside it (val_acc_raw).
+    ema = None
+    if config.get("ema"):
+        ema = copy.deepcopy(model).requires_grad_(False)
+        if (run_dir / "last.pt").exists():
+            load_state(ema, checkpoint.get("ema"), run_dir / "last.pt")
 
     start = time.perf_counter() - progress["elapsed_s"]
     first_epoch, elapsed_before = progress["epoch"] + 1, progress["elapsed_s"]
@@ -648,10 +778,11 @@ def train(model, data, config, run_dir):
             # repeats them exactly, and for every process (7919, a prime, keeps the seeds apart).
             torch.manual_seed(config["seed"] * 1000 + epoch + 7919 * rank)
             loss_sum, correct, seen, images_per_s = train_one_epoch(
-                training_model, optimizer, loss_function, train_images, train_labels, config, epoch, progress)
+                training_model, optimizer, loss_function, train_images, train_labels, config, epoch, progress, ema)
             # Each process validates a shard; the sums over all shards give every process the same numbers.
             val_images, val_labels = data["val"]["images"][rank::world_size], data["val"]["labels"][rank::world_size]
-            val = evaluate(model, val_images, val_labels, device, config["amp"])
+            val = evaluate(ema or model, val_images, val_labels, device, config["amp"])
+            raw_val_acc = evaluate(model, val_images, val_labels, device, config["amp"])["accuracy"] if ema else None
             loss_sum, correct, seen, images_per_s, val_loss_sum, val_correct, val_count = sum_across_ranks(
                 [loss_sum, correct, seen, images_per_s, val["loss"] * len(val_labels),
                  val["accuracy"] * len(val_labels), len(val_labels)], device)
@@ -663,7 +794,8 @@ def train(model, data, config, run_dir):
             progress["history"].append({
                 "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
                 "val_acc": val_acc, "lr": optimizer.param_groups[0]["lr"],
-                "images_per_s": images_per_s, "elapsed_s": elapsed})
+                "images_per_s": images_per_s, "elapsed_s": elapsed,
+                **({"val_acc_raw": sum_across_ranks([raw_val_acc * len(val_labels)], device)[0] / val_count} if ema else {})})
             improved = val_acc > progress["best_val_acc"]
             progress.update(epoch=epoch, elapsed_s=elapsed,
                             epochs_since_best=0 if improved else progress["epochs_since_best"] + 1)
@@ -674,10 +806,11 @@ def train(model, data, config, run_dir):
                 progress["plateau_factor"] *= 0.5
             if rank == 0:  # one process writes the run folder
                 if improved:
-                    save_atomically({"model": model.state_dict(), "config": config, "epoch": epoch,
+                    save_atomically({"model": (ema or model).state_dict(), "config": config, "epoch": epoch,
                                      "val_acc": val_acc}, run_dir / "best.pt")
                 save_atomically({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                 "progress": progress, "config": config}, run_dir / "last.pt")
+                                 "progress": progress, "config": config,
+                                 **({"ema": ema.state_dict()} if ema else {})}, run_dir / "last.pt")
                 write_metrics(progress["history"], run_dir)
             seconds_per_epoch = (elapsed - elapsed_before) / (epoch - first_epoch + 1)
             eta = seconds_per_epoch * (config["epochs"] - epoch)
@@ -704,20 +837,46 @@ def train(model, data, config, run_dir):
 # Evaluation
 
 
+# Ten-view TTA shifts the face by this many pixels (of 48) left, right, up and down. Chosen on
+# PublicTest among 2, 3 and 4 pixels (see the README); training shifts by up to 4.8 pixels.
+TTA_SHIFT = 3
+
+
+def test_time_views(batch, tta):
+    """The views of float images [B, 1, H, W] whose predictions are averaged.
+
+    False: the image alone. "flip" (or True): the image and its mirror image (faces are near
+    symmetric). "ten": the image shifted by 0 or TTA_SHIFT pixels in each of four directions,
+    each shift also mirrored. Shifts rather than FER papers' ten 40x40 crops, because our
+    networks take the whole 48x48 face; the edge pixels are repeated into the gap, as in training."""
+    if not tta:
+        return [batch]
+    views = [batch]
+    if tta == "ten":
+        s = TTA_SHIFT
+        padded = F.pad(batch, (s, s, s, s), mode="replicate")
+        height, width = batch.shape[-2:]
+        views += [padded[..., s + dy:s + dy + height, s + dx:s + dx + width]
+                  for dx, dy in ((s, 0), (-s, 0), (0, s), (0, -s))]
+    return views + [view.flip(-1) for view in views]
+
+
 @torch.inference_mode()
 def predict_probabilities(model, images, device, amp=False, tta=False, batch_size=512):
-    """Class probabilities [N, 7] for uint8 images [N, 48, 48]. `tta` averages the
-    prediction of each image with that of its mirror image (faces are near symmetric)."""
+    """Class probabilities [N, 7] for uint8 images [N, 48, 48], averaged over test_time_views(tta)."""
     model.eval()
     probabilities = []
     for start in range(0, len(images), batch_size):
         batch = as_model_input(images[start:start + batch_size].to(device))
         with autocast(device, amp):
-            batch_probabilities = model(batch).float().softmax(1)
-            if tta:
-                batch_probabilities = (batch_probabilities + model(batch.flip(-1)).float().softmax(1)) / 2
-        probabilities.append(batch_probabilities.cpu())
+            views = [model(view).float().softmax(1) for view in test_time_views(batch, tta)]
+        probabilities.append(torch.stack(views).mean(0).cpu())
     return torch.cat(probabilities)
+
+
+def ensemble_probabilities(models, images, device, tta=False):
+    """An ensemble's class probabilities: the mean of its members' (any architectures)."""
+    return torch.stack([predict_probabilities(model, images, device, tta=tta) for model in models]).mean(0)
 
 
 def evaluate(model, images, labels, device, amp=False, tta=False):
@@ -832,6 +991,10 @@ def add_training_arguments(parser, **defaults):
     add("--early-stop", type=int, default=0, help="stop after N epochs without improvement, 0 = never (default: %(default)s)")
     add("--label-smoothing", type=float, help="(default: %(default)s)")
     add("--class-weights", action="store_true", help="weight the loss by inverse class frequency")
+    add("--erase", type=float, default=0.0, help="random erasing: probability of a gray rectangle per image (default: %(default)s)")
+    add("--mixup", type=float, default=0.0, help="mixup: Beta(a, a) blend weight, 0 = off (default: %(default)s)")
+    add("--ema", type=float, default=0.0, help="select and save an exponential moving average of the weights "
+        "with this decay per step, e.g. 0.999; 0 = off (default: %(default)s)")
     add("--no-flip", dest="flip", action="store_false", help="turn off random horizontal flips")
     add("--rotate", type=float, default=10.0, help="max rotation in degrees, 0 = off (default: %(default)s)")
     add("--zoom", type=float, default=0.1, help="max zoom in or out, 0 = off (default: %(default)s)")
@@ -840,8 +1003,11 @@ def add_training_arguments(parser, **defaults):
     add("--amp", choices=["auto", "on", "off"], default="auto", help="bfloat16 autocast; auto = on for CUDA and "
         "for CPUs with bf16 instructions (default: %(default)s)")
     add("--seed", type=int, default=0, help="(default: %(default)s)")
+    add("--train-fraction", type=float, default=1.0, help="train on this stratified fraction of the training "
+        "images, e.g. 0.1 (default: %(default)s)")
     add("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     add("--resume", metavar="RUN", help="continue the interrupted run in folder RUN with its own settings")
+    add("--run-dir", metavar="DIR", help="write the run into this new folder (default: runs/<timestamp>-<name>)")
     parser.set_defaults(**defaults)
 
 
@@ -852,8 +1018,13 @@ def resolve_config(args, arch):
         config_file = Path(args.resume) / "config.json"
         if not config_file.is_file():
             raise DataError(f"{config_file}: not found; --resume expects a run folder written by train_*.py")
-        config = json.loads(config_file.read_text())
-        config["device"] = str(pick_device(args.device))  # this process's device, not the one that started it
+        if args.run_dir:
+            raise DataError(f"--resume continues {args.resume} in its own folder; leave out --run-dir {args.run_dir}")
+        try:
+            config = json.loads(config_file.read_text())
+            config["device"] = str(pick_device(args.device))  # this process's device, not the one that started it
+        except (ValueError, TypeError) as error:  # damaged, or not a JSON object
+            raise DataError(f"{config_file}: not the JSON settings train_*.py writes ({error})") from None
         return config, Path(args.resume)
     if args.batch_size % rank_and_world_size()[1]:
         raise DataError(f"--batch-size {args.batch_size} (the global batch) must divide among "
@@ -896,32 +1067,85 @@ def make_new_dir(path):
 
 
 def make_run_dir(config, runs_dir="runs"):
-    """Create runs/<timestamp>-<name>/ and write its config.json (every resolved setting)."""
+    """Create runs/<timestamp>-<name>/, or exactly the new folder --run-dir names, and write its
+    config.json (every resolved setting)."""
     config.update(torch_version=str(torch.__version__), git_commit=git_commit())
+    requested = config.get("run_dir")  # --run-dir
     if rank_and_world_size()[0] == 0:
-        stem = Path(runs_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}-{config['name']}"
-        Path(runs_dir).mkdir(parents=True, exist_ok=True)
-        run_dir, attempt = stem, 1
-        while not make_new_dir(run_dir):  # two runs of the same name started in the same second: -2, -3, ...
-            attempt += 1
-            run_dir = stem.with_name(f"{stem.name}-{attempt}")
-        config["run_dir"] = str(run_dir)
-        (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        if requested:  # whoever chose the folder (the Makefile) then evaluates exactly this run
+            run_dir = Path(requested)
+            run_dir.parent.mkdir(parents=True, exist_ok=True)
+            config["run_dir"] = str(run_dir) if make_new_dir(run_dir) else None
+        else:
+            stem = Path(runs_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}-{config['name']}"
+            Path(runs_dir).mkdir(parents=True, exist_ok=True)
+            run_dir, attempt = stem, 1
+            while not make_new_dir(run_dir):  # two runs of the same name started in the same second: -2, -3, ...
+                attempt += 1
+                run_dir = stem.with_name(f"{stem.name}-{attempt}")
+            config["run_dir"] = str(run_dir)
+        if config["run_dir"]:
+            (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     if dist.is_initialized():  # the other processes take rank 0's folder name (their clocks may differ)
-        shared = [config.get("run_dir")]  # None except on rank 0
+        shared = [config.get("run_dir")]  # rank 0's; None if its --run-dir already existed
         dist.broadcast_object_list(shared, src=0)
         config["run_dir"] = shared[0]
+    if config["run_dir"] is None:  # every process stops, not rank 0 alone
+        raise DataError(f"{requested}: already exists; --run-dir expects a new folder "
+                        f"(to continue the run in it: --resume {requested})")
     return Path(config["run_dir"])
+
+
+def load_checkpoint(path, device, keys=("model", "config")):
+    """The dict that train() saved in `path` (best.pt or last.pt), checked to hold `keys`.
+
+    Every way a file can fail to be one is a DataError naming it. weights_only=True unpickles
+    tensors, numbers, strings and containers only: a .pt file is a pickle, and one from elsewhere
+    may run code when loaded; this refuses it instead."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no checkpoint; expected a run folder written by train_*.py")
+    try:
+        with warnings.catch_warnings():  # on a damaged file torch warns about its pickle protocol first
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(path, map_location=device, weights_only=True)
+    # torch.load only reads, so whatever it raises means the file is no checkpoint: a zip cut short is a
+    # RuntimeError, an empty file an EOFError, a refused class or function an UnpicklingError naming its GLOBAL.
+    except Exception as error:
+        if isinstance(error, pickle.UnpicklingError) and "GLOBAL" in str(error):
+            raise DataError(f"{path}: not a checkpoint written by this project (it holds arbitrary Python "
+                            f"objects, which are not loaded)") from None
+        raise DataError(f"{path}: truncated or damaged ({type(error).__name__}); "
+                        f"expected a checkpoint written by train_*.py") from None
+    if not isinstance(checkpoint, dict) or not set(keys) <= checkpoint.keys():
+        found = (f"keys {', '.join(map(str, list(checkpoint)[:5]))}" if isinstance(checkpoint, dict)
+                 else f"a {type(checkpoint).__name__}")
+        raise DataError(f"{path}: not a checkpoint written by train_*.py; expected {', '.join(keys)}, found {found}")
+    return checkpoint
+
+
+def load_state(target, state, path):
+    """target.load_state_dict(state) (a model, its EMA copy or an optimizer); a mismatch, such as weights
+    of another size than the run's config gives the model, is a DataError naming the checkpoint `path`."""
+    try:
+        target.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError, TypeError) as error:
+        # torch lists one problem per line after a heading: show the first, and how many more there are.
+        problems = [line.strip() for line in str(error).splitlines()[1:] if line.strip()] or [str(error)]
+        more = f"; and {len(problems) - 1} more" if len(problems) > 1 else ""
+        raise DataError(f"{path}: does not fit the {type(target).__name__} the run's config describes "
+                        f"({problems[0].rstrip('.')[:200]}{more})") from None
 
 
 def load_run(run_dir, device, checkpoint="best.pt"):
     """(model with the run's best weights, the run's config), rebuilt from the run folder alone."""
-    run_dir = Path(run_dir)
-    if not (run_dir / checkpoint).is_file():
-        raise DataError(f"{run_dir / checkpoint}: no checkpoint; expected a run folder written by train_*.py")
-    state = torch.load(run_dir / checkpoint, map_location=device, weights_only=True)
-    model = build_model(state["config"])
-    model.load_state_dict(state["model"])
+    path = Path(run_dir) / checkpoint
+    state = load_checkpoint(path, device)
+    try:
+        model = build_model(state["config"])
+    except (KeyError, ValueError, TypeError, AttributeError) as error:  # a config edited, or from other code
+        raise DataError(f"{path}: its config does not describe a model this code builds ({error!r})") from None
+    load_state(model, state["model"], path)
     return model.to(device), state["config"]
 
 

@@ -1,6 +1,7 @@
 """
 Grad-CAM for a trained run: where on the face the model found the evidence for its prediction.
 
+    python gradcam.py                                   # the released model (runs/release)
     python gradcam.py --run runs/DIR                    # per-class grids and class-mean maps, PrivateTest
     python gradcam.py --run runs/DIR --image face.jpg   # explain one picture
     python gradcam.py --run runs/DIR --layer features.3 # another target layer (a named_modules name)
@@ -114,7 +115,8 @@ def plot_single_image(face, probabilities, cam, path):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", required=True, help="run folder written by train_baseline.py or train_transfer.py")
+    parser.add_argument("--run", type=Path, default=fer.RELEASED_RUN, help="run folder written by train_baseline.py "
+                        "or train_transfer.py (default: runs/release, the released model)")
     parser.add_argument("--image", help="explain this picture instead of the PrivateTest images")
     parser.add_argument("--layer", help="target layer, a name from model.named_modules() "
                         "(default: the last conv, after its ReLU)")
@@ -124,6 +126,9 @@ def main():
 
     device, run_dir = fer.pick_device(args.device), Path(args.run)
     try:
+        if run_dir == fer.RELEASED_RUN and not (run_dir / "best.pt").is_file():
+            raise fer.DataError(f"{run_dir}: this copy has no released model; name a run folder with --run runs/DIR "
+                                f"(or release one: make release RUN=runs/DIR)")
         model, config = fer.load_run(run_dir, device)
         layer_name, layer = target_layer(model, args.layer, run_dir)
         layer_name += f" ({type(layer).__name__})"

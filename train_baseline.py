@@ -1,7 +1,9 @@
 """
-Train the seed's baseline CNN on FER-2013 and write a run folder under runs/.
+Train a CNN from scratch on FER-2013 and write a run folder under runs/: the seed's baseline CNN
+(the default), or VGGNet, a network designed for 48x48 faces (--arch vggnet). Each has its own recipe.
 
-    python train_baseline.py                          # the fast default recipe
+    python train_baseline.py                          # the baseline, its fast default recipe
+    python train_baseline.py --arch vggnet            # VGGNet, its recipe (chosen on PublicTest, see README)
     python train_baseline.py --epochs 5               # a quick run
     python train_baseline.py --resume runs/DIR        # continue an interrupted run
     python train_baseline.py --optimizer adamw --lr 1e-3 --weight-decay 0 --schedule plateau \\
@@ -14,24 +16,39 @@ import torch
 
 import fer
 
+RECIPES = {
+    # The baseline: AdamW with a one-cycle cosine schedule, 80 epochs: 65.23% PrivateTest in 17 min.
+    "baseline": dict(epochs=80, batch_size=128, optimizer="adamw", lr=2e-3, weight_decay=5e-4, schedule="cosine",
+                     warmup=0.1, label_smoothing=0.1, width=32),
+    # VGGNet: SGD with Nesterov momentum, as in the published FER-2013 VGG recipes. Each trick measured in
+    # 8-epoch runs, same seed, best PublicTest accuracy (README, "VGGNet's recipe"):
+    #   EMA of the weights (--ema 0.999): 62.02% -> 62.27%, kept;
+    #   random erasing (--erase 0.5): 62.27% -> 62.22%, not kept;  mixup (--mixup 0.2): -> 61.41%, not kept.
+    "vggnet": dict(epochs=40, batch_size=128, optimizer="sgd", lr=0.05, weight_decay=5e-4, schedule="cosine",
+                   warmup=0.05, label_smoothing=0.1, width=32, ema=0.999),
+}
+
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    fer.add_training_arguments(parser, epochs=80, batch_size=128, optimizer="adamw", lr=2e-3, weight_decay=5e-4,
-                               schedule="cosine", warmup=0.1, label_smoothing=0.1)
-    parser.add_argument("--width", type=int, default=32, help="channels of the first conv (default: %(default)s)")
-    parser.add_argument("--batch-norm", action="store_true", help="add BatchNorm after each conv (a variant)")
+    parser.add_argument("--arch", choices=sorted(RECIPES), default="baseline", help="(default: %(default)s)")
+    fer.add_training_arguments(parser, **RECIPES[parser.parse_known_args()[0].arch])
+    parser.add_argument("--width", type=int, help="channels of the first conv (default: %(default)s)")
+    parser.add_argument("--batch-norm", action="store_true", help="baseline: add BatchNorm after each conv (a variant)")
+    parser.add_argument("--dropout", type=float, default=0.3, help="vggnet: dropout before the classifier (default: %(default)s)")
     args = parser.parse_args()
 
     fer.init_distributed()  # a no-op unless started by torchrun
     try:
-        config, run_dir = fer.resolve_config(args, arch="baseline")
-        data = fer.load_fer2013(config["data"], seed=config["seed"])
+        config, run_dir = fer.resolve_config(args, arch=args.arch)
+        data = fer.training_subset(fer.load_fer2013(config["data"], seed=config["seed"]),
+                                   config.get("train_fraction", 1.0), config["seed"])
         run_dir = run_dir or fer.make_run_dir(config)
         torch.manual_seed(config["seed"])
         model = fer.build_model(config)
-        print(f"{run_dir}: {fer.count_parameters(model):,} parameters, {len(data['train']['labels']):,} training "
-              f"images, device {config['device']}, bf16 autocast {'on' if config['amp'] else 'off'}")
+        print(f"{run_dir}: {config['arch']}, {fer.count_parameters(model):,} parameters, "
+              f"{len(data['train']['labels']):,} training images, device {config['device']}, "
+              f"bf16 autocast {'on' if config['amp'] else 'off'}")
         progress = fer.train(model, data, config, run_dir)
     except (fer.DataError, FloatingPointError) as error:  # bad input, or a loss that became NaN
         sys.exit(f"error: {error}")

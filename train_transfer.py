@@ -75,14 +75,15 @@ def main():
     fer.init_distributed()  # a no-op unless started by torchrun
     try:
         config, run_dir = parse_config()
-        data = fer.load_fer2013(config["data"], seed=config["seed"])
+        data = fer.training_subset(fer.load_fer2013(config["data"], seed=config["seed"]),
+                                   config.get("train_fraction", 1.0), config["seed"])
         backbone_weights = None if run_dir else fer.starting_weights(config)
         if config["weights"] == "none":
             print("--weights none: the backbone starts from random weights (training from scratch, on purpose)")
         torch.manual_seed(config["seed"])
         model = fer.build_model(config, backbone_weights)
         if run_dir:  # resuming: the features must come from the run's own backbone, not a fresh one
-            model.load_state_dict(torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)["model"])
+            fer.load_state(model, fer.load_checkpoint(run_dir / "last.pt", "cpu")["model"], run_dir / "last.pt")
         run_dir = run_dir or fer.make_run_dir(config)
         trainable, total = fer.count_parameters(model, trainable_only=True), fer.count_parameters(model)
         print(f"{run_dir}: {config['arch']} {config['mode']}, weights {config['weights_path'] or config['weights']}, "

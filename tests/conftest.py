@@ -8,6 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+# The tests' models are tiny: one thread each is as fast, and several test processes (the scripts
+# run as subprocesses inherit this) never oversubscribe a 2-core machine that also trains a model.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_DIR))
 

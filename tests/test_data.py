@@ -95,3 +95,13 @@ def test_test_images_copied_from_train_are_found_by_pixel_hash():
     train = torch.randint(0, 256, (5, 48, 48), dtype=torch.uint8)
     test = torch.stack([train[2], torch.zeros(48, 48, dtype=torch.uint8), train[4]])
     assert fer.not_in_train_mask(test, train).tolist() == [False, True, False]
+
+
+def test_a_training_fraction_keeps_every_class_in_proportion_and_the_other_splits_whole():
+    labels = torch.arange(7).repeat_interleave(torch.tensor([40, 10, 40, 70, 50, 30, 50]))
+    data = {"train": {"images": torch.arange(len(labels)), "labels": labels},
+            "val": {"images": torch.zeros(3), "labels": torch.zeros(3)}}
+    subset = fer.training_subset(data, 0.1, seed=0)
+    assert torch.bincount(subset["train"]["labels"]).tolist() == [4, 1, 4, 7, 5, 3, 5]
+    assert torch.equal(subset["train"]["labels"], labels[subset["train"]["images"]])  # images stay with labels
+    assert subset["val"] is data["val"] and fer.training_subset(data, 1.0, seed=0) is data

@@ -32,3 +32,53 @@ def test_a_tiny_model_overfits_32_images(tmp_path):
     torch.manual_seed(0)
     progress = fer.train(fer.build_model(config), data, config, tmp_path)
     assert progress["best_val_acc"] == 1.0
+
+
+def test_vggnet_maps_48x48_faces_to_7_logits_with_its_parameter_count():
+    model = fer.build_model({"arch": "vggnet", "width": 32, "dropout": 0.3})
+    assert model(torch.rand(3, 1, 48, 48)).shape == (3, 7)
+    # four stages of two 3x3 convs (no bias) + BatchNorm (weight and bias), widths 32..256, then FC 256 -> 7
+    convs, channels = 0, 1
+    for width in (32, 64, 128, 256):
+        convs += 9 * channels * width + 2 * width + 9 * width * width + 2 * width
+        channels = width
+    assert fer.count_parameters(model) == convs + 256 * 7 + 7 == 1_174_439
+    assert sum(isinstance(m, nn.MaxPool2d) for m in model.modules()) == 4  # 48 -> 3
+    assert fer.build_model({"arch": "vggnet", "width": 8, "dropout": 0.3})(torch.rand(1, 1, 48, 48)).shape == (1, 7)
+
+
+def test_random_erasing_fills_one_rectangle_per_chosen_image_with_the_mean_gray():
+    images = torch.zeros(64, 1, 48, 48)
+    erased = fer.erase_random_rectangles(images, probability=0.5, generator=torch.Generator().manual_seed(0))
+    touched = (erased != 0).flatten(1).any(1)
+    assert 16 < touched.sum() < 48  # about half of the images
+    for image in erased[touched]:
+        rows, columns = (image[0] != 0).nonzero().unbind(1)
+        area = (rows.max() - rows.min() + 1) * (columns.max() - columns.min() + 1)
+        assert area == len(rows)  # one filled rectangle
+        assert 0.01 * 48 * 48 <= area <= 0.3 * 48 * 48
+        assert torch.all(image[0][rows, columns] == fer.FER_MEAN)
+    assert torch.equal(fer.erase_random_rectangles(images, probability=0.0), images)
+
+
+def test_ema_follows_the_weights_with_the_given_decay():
+    model, ema = nn.Linear(2, 1), nn.Linear(2, 1)
+    with torch.no_grad():
+        model.weight.fill_(1.0), ema.weight.fill_(0.0)
+    fer.update_ema(ema, model, decay=0.9, step=10_000)  # late in training: the full decay
+    assert torch.allclose(ema.weight, torch.full_like(ema.weight, 0.1))
+    fer.update_ema(ema, model, decay=0.9, step=0)  # step 0: decay (1 + 0) / (10 + 0) = 0.1
+    assert torch.allclose(ema.weight, torch.full_like(ema.weight, 0.1 * 0.1 + 0.9))
+
+
+def test_training_with_ema_erasing_and_mixup_selects_the_averaged_weights(tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (32, 48, 48), dtype=torch.uint8, generator=generator)
+    data = {split: {"images": images, "labels": torch.arange(32) % 7} for split in ("train", "val")}
+    config = training_config(arch="vggnet", width=4, dropout=0.3, epochs=2, ema=0.9, erase=0.5, mixup=0.2)
+    progress = fer.train(fer.build_model(config), data, config, tmp_path)
+    assert all("val_acc_raw" in row for row in progress["history"])
+    best, last = (torch.load(tmp_path / name, weights_only=True) for name in ("best.pt", "last.pt"))
+    assert set(last["ema"]) == set(last["model"])
+    if best["epoch"] == 2:  # best.pt holds the average, not the raw weights
+        assert all(torch.equal(best["model"][key], last["ema"][key]) for key in last["ema"])

@@ -1,9 +1,11 @@
-"""predict.py: the same preprocessing and probabilities as training and evaluation, faces found in photos,
-and one clear message per bad input."""
+"""predict.py: the same preprocessing and probabilities as training and evaluation, faces found in photos
+and videos, folders searched without reading back predict.py's own output, and one clear message per bad input."""
+import csv
+import io
 import json
-import os
+import struct
 import sys
-from pathlib import Path
+import zlib
 
 import numpy as np
 import pytest
@@ -12,10 +14,11 @@ from PIL import Image
 
 import fer
 import predict
-from conftest import face_like, training_config
+from conftest import PROJECT_DIR, face_like, run_script, training_config
 
-REAL_DATA = os.environ.get("FER_DATA")
 CPU = torch.device("cpu")
+# A real photo (NASA, public domain) the repository ships for its README; OpenCV's Haar cascade finds her face.
+ASTRONAUT = PROJECT_DIR / "docs" / "astronaut.jpg"
 
 
 @pytest.fixture
@@ -33,12 +36,36 @@ def run_dir(tmp_path):
     return run_dir
 
 
-def write_crops(folder, count=4):
+def write_crops(folder, count=4, prefix="face"):
+    folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    paths = [folder / f"face{label}.png" for label in range(count)]
+    paths = [folder / f"{prefix}{label}.png" for label in range(count)]
     for label, path in enumerate(paths):
         Image.fromarray(face_like(label, rng)).save(path)
     return paths
+
+
+def write_video(path, frames, fps=10):
+    """An MJPG .avi of `frames` (uint8 arrays, gray [H, W] or RGB [H, W, 3]), written by OpenCV."""
+    cv2 = pytest.importorskip("cv2", reason="videos need OpenCV: make install-predict")
+    height, width = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
+    for frame in frames:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR if frame.ndim == 2 else cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path
+
+
+def read_video(path):
+    """Every frame of a video as an RGB PIL image, decoded the way predict.py decodes it."""
+    import cv2
+
+    video, frames = cv2.VideoCapture(str(path)), []
+    while True:
+        ok, frame = video.read()
+        if not ok:
+            return frames
+        frames.append(Image.fromarray(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)))
 
 
 def run_predict(capsys, *argv):
@@ -56,10 +83,19 @@ def probabilities_of(face):
     return [face["probabilities"][name] for name in fer.EMOTIONS]
 
 
+def files_under(folder):
+    return sorted(path for path in folder.rglob("*") if path.is_file())
+
+
+# -----------------------------------------------------------------------------
+# Photos: the same probabilities as evaluation, nothing written unless asked
+
+
 @pytest.mark.parametrize("tta", [False, True])
 def test_no_detect_gives_the_probabilities_evaluation_gives_for_the_same_images(tmp_path, run_dir, capsys, tta):
-    paths = write_crops(tmp_path)
-    status, faces, _ = run_predict(capsys, "--run", run_dir, "--no-detect", *(["--tta"] if tta else []), *paths)
+    paths = write_crops(tmp_path / "crops")
+    status, faces, _ = run_predict(capsys, "--run", run_dir, "--no-detect", "--amp", "off",
+                                   *(["--tta"] if tta else []), *paths)
     model, _ = fer.load_run(run_dir, CPU)
     images = torch.stack([fer.read_image(path) for path in paths])  # what training and evaluate.py read
     expected = fer.predict_probabilities(model, images, CPU, tta=tta)
@@ -69,7 +105,22 @@ def test_no_detect_gives_the_probabilities_evaluation_gives_for_the_same_images(
     assert torch.tensor([probabilities_of(face) for face in faces]) == pytest.approx(expected, abs=1e-4)
     assert [face["emotion"] for face in faces] == [fer.EMOTIONS[i] for i in expected.argmax(1)]
     assert (expected - expected.mean(0)).abs().max() > 0.1  # they depend on the input: the comparison is not vacuous
-    assert all((tmp_path / f"{path.stem}.emotions.png").is_file() for path in paths)
+
+
+def test_bf16_autocast_gives_nearly_the_float32_probabilities(tmp_path, run_dir, capsys):
+    paths = write_crops(tmp_path / "crops")
+    _, float32, _ = run_predict(capsys, "--run", run_dir, "--no-detect", "--amp", "off", *paths)
+    status, bfloat16, _ = run_predict(capsys, "--run", run_dir, "--no-detect", "--amp", "on", *paths)
+    assert status == 0
+    assert torch.tensor([probabilities_of(face) for face in bfloat16]) == pytest.approx(
+        torch.tensor([probabilities_of(face) for face in float32]), abs=0.05)
+
+
+def test_nothing_is_written_next_to_the_inputs_unless_out_is_given(tmp_path, run_dir, capsys):
+    paths = write_crops(tmp_path / "crops")
+    status, faces, _ = run_predict(capsys, "--run", run_dir, "--no-detect", tmp_path / "crops")
+    assert status == 0 and len(faces) == len(paths)
+    assert files_under(tmp_path / "crops") == paths
 
 
 def test_a_large_non_square_colour_photo_is_prepared_exactly_like_the_training_images(tmp_path, run_dir, capsys):
@@ -82,11 +133,90 @@ def test_a_large_non_square_colour_photo_is_prepared_exactly_like_the_training_i
     assert torch.equal(prepared, fer.read_image(path))
     assert torch.equal(prepared, torch.from_numpy(np.asarray(by_hand).copy()))
 
-    status, faces, _ = run_predict(capsys, "--run", run_dir, "--no-detect", "--out", tmp_path / "annotated", path)
+    status, faces, _ = run_predict(capsys, "--run", run_dir, "--no-detect", "--amp", "off",
+                                   "--out", tmp_path / "annotated", path)
     expected = fer.predict_probabilities(fer.load_run(run_dir, CPU)[0], prepared[None], CPU)
     assert status == 0 and faces[0]["box"] == [0, 0, 230, 150]
     assert torch.tensor([probabilities_of(faces[0])]) == pytest.approx(expected, abs=1e-4)
     assert (tmp_path / "annotated" / "photo.emotions.png").is_file()
+
+
+def test_a_16_bit_gray_png_is_scaled_to_8_bits_not_clipped_to_white(tmp_path, run_dir, capsys):
+    eight_bit = face_like(3, np.random.default_rng(0))
+    path = tmp_path / "deep.png"
+    Image.fromarray(eight_bit.astype(np.uint16) * 257).save(path)  # 0..255 -> 0..65535, a 16-bit PNG
+    assert Image.open(path).mode.startswith("I;16")
+
+    prepared = predict.crop_faces(predict.open_image(path), [[0, 0, 48, 48]])[0]
+    assert torch.equal(prepared, torch.from_numpy(eight_bit))  # convert("L") would have made it all 255
+    status, faces, _ = run_predict(capsys, "--run", run_dir, "--no-detect", "--amp", "off", path)
+    expected = fer.predict_probabilities(fer.load_run(run_dir, CPU)[0], prepared[None], CPU)
+    assert status == 0
+    assert torch.tensor([probabilities_of(faces[0])]) == pytest.approx(expected, abs=1e-4)
+
+
+# -----------------------------------------------------------------------------
+# Folders: searched recursively, classified in batches, predict.py's own output never read back
+
+
+def test_folders_are_searched_recursively_and_their_faces_classified_in_batches(tmp_path, run_dir, capsys,
+                                                                                monkeypatch):
+    top = write_crops(tmp_path / "photos", count=3)
+    nested = write_crops(tmp_path / "photos" / "2024" / "june", count=4, prefix="june")
+    (tmp_path / "photos" / "notes.txt").write_text("not a picture")
+    batches = []
+    predict_probabilities = fer.predict_probabilities
+    monkeypatch.setattr(predict, "BATCH_SIZE", 3)
+    monkeypatch.setattr(fer, "predict_probabilities",
+                        lambda model, images, *a, **k: batches.append(len(images)) or predict_probabilities(
+                            model, images, *a, **k))
+
+    status, faces, _ = run_predict(capsys, "--run", run_dir, "--no-detect", tmp_path / "photos")
+    assert status == 0
+    assert [face["image"] for face in faces] == [str(path) for path in top + nested]  # each folder sorted
+    assert batches == [3, 3, 1]  # seven faces, three at a time: not one forward pass per image
+
+
+def test_a_second_run_does_not_classify_the_annotated_copies_of_the_first(tmp_path, run_dir, capsys):
+    paths = write_crops(tmp_path / "photos")
+    out = tmp_path / "photos" / "annotated"  # --out inside the very folder being searched
+    first = run_predict(capsys, "--run", run_dir, "--no-detect", "--out", out, tmp_path / "photos")
+    assert files_under(out) == sorted(out / f"{path.stem}.emotions.png" for path in paths)
+    (tmp_path / "photos" / "old.emotions.png").write_bytes((out / "face0.emotions.png").read_bytes())
+
+    second = run_predict(capsys, "--run", run_dir, "--no-detect", "--out", out, tmp_path / "photos")
+    assert first[0] == second[0] == 0
+    assert [face["image"] for face in second[1]] == [str(path) for path in paths]
+
+
+def test_annotated_copies_keep_the_folders_below_the_searched_folder(tmp_path, run_dir, capsys):
+    write_crops(tmp_path / "photos" / "a", count=1)
+    write_crops(tmp_path / "photos" / "b", count=1)  # the same file name, face0.png, in both
+    status, faces, _ = run_predict(capsys, "--run", run_dir, "--no-detect", "--out", tmp_path / "out",
+                                   tmp_path / "photos")
+    assert status == 0 and len(faces) == 2
+    assert files_under(tmp_path / "out") == [tmp_path / "out" / "a" / "face0.emotions.png",
+                                             tmp_path / "out" / "b" / "face0.emotions.png"]
+
+
+def test_csv_has_a_header_and_one_row_per_face_whose_probabilities_sum_to_one(tmp_path, run_dir, capsys):
+    paths = write_crops(tmp_path / "crops", count=3)
+    status, faces, _ = run_predict(capsys, "--run", run_dir, "--no-detect", "--csv", tmp_path / "faces.csv", *paths)
+    with open(tmp_path / "faces.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert status == 0
+    assert list(rows[0]) == ["source", "frame", "time_s", "left", "top", "width", "height", "emotion", *fer.EMOTIONS]
+    assert [row["source"] for row in rows] == [str(path) for path in paths]
+    for row, face in zip(rows, faces, strict=True):
+        probabilities = [float(row[name]) for name in fer.EMOTIONS]
+        assert sum(probabilities) == pytest.approx(1, abs=1e-3)
+        assert row["emotion"] == fer.EMOTIONS[int(np.argmax(probabilities))] == face["emotion"]
+        assert [int(row[key]) for key in ("left", "top", "width", "height")] == [0, 0, 48, 48]
+        assert row["frame"] == row["time_s"] == ""  # photos have neither
+
+
+# -----------------------------------------------------------------------------
+# Bad input: one line per file, the others still classified
 
 
 def test_each_bad_image_gets_one_message_and_the_others_are_still_classified(tmp_path, run_dir, capsys):
@@ -102,10 +232,43 @@ def test_each_bad_image_gets_one_message_and_the_others_are_still_classified(tmp
     assert errors[1].startswith(f"error: {not_an_image}: cannot decode this file as an image")
 
 
+def write_decompression_bomb(path, side=20000):
+    """A 69-byte PNG whose header claims side x side pixels: the header is all Pillow reads before refusing it."""
+    buffer = io.BytesIO()
+    Image.new("L", (1, 1)).save(buffer, "PNG")
+    png = bytearray(buffer.getvalue())
+    png[16:24] = struct.pack(">II", side, side)  # IHDR's width and height, after the signature, length and type
+    png[29:33] = struct.pack(">I", zlib.crc32(png[12:29]))  # the chunk's checksum over its type and data
+    path.write_bytes(bytes(png))
+    return path
+
+
+def test_a_decompression_bomb_among_good_files_gets_one_line_and_exit_status_1(tmp_path, run_dir, capsys):
+    folder = tmp_path / "inbox"
+    good = write_crops(folder, count=2)
+    bomb = write_decompression_bomb(folder / "face1b.png")  # sorted between the two good ones
+    status, faces, err = run_predict(capsys, "--run", run_dir, "--no-detect", folder)
+    assert status == 1
+    assert [face["image"] for face in faces] == [str(path) for path in good]
+    assert err.splitlines() == [line for line in err.splitlines() if line.startswith(f"error: {bomb}: ")]
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
 def test_a_run_folder_without_a_checkpoint_is_named_in_the_message(tmp_path, capsys):
     status, faces, err = run_predict(capsys, "--run", tmp_path, "--no-detect", *write_crops(tmp_path, count=1))
     assert status == 1 and faces == []
     assert f"error: {tmp_path / 'best.pt'}: no checkpoint" in err
+
+
+def test_without_run_the_released_model_is_used_and_its_absence_explained(tmp_path, run_dir, capsys, monkeypatch):
+    crop = write_crops(tmp_path / "crops", count=1)
+    monkeypatch.setattr(fer, "RELEASED_RUN", tmp_path / "release")
+    status, faces, err = run_predict(capsys, "--no-detect", *crop)
+    assert status == 1 and faces == []
+    assert err.strip().startswith(f"error: {tmp_path / 'release'}:") and "--run" in err
+    monkeypatch.setattr(fer, "RELEASED_RUN", run_dir)
+    status, faces, _ = run_predict(capsys, "--no-detect", *crop)
+    assert status == 0 and len(faces) == 1
 
 
 def test_without_opencv_detection_says_how_to_install_it_and_no_detect_still_works(tmp_path, run_dir, capsys,
@@ -127,22 +290,116 @@ def test_a_picture_with_no_face_is_reported(tmp_path, run_dir, capsys):
     assert f"error: {blank}: no face found" in err
 
 
-# A clear frontal PrivateTest face that OpenCV's Haar cascade finds when enlarged to 200x200.
-REAL_FACE = "test/happy/PrivateTest_10077120.jpg"
-
-
-@pytest.mark.skipif(not REAL_DATA or not (Path(REAL_DATA) / REAL_FACE).is_file(), reason="FER_DATA names no real copy")
-def test_the_detector_finds_a_real_face_pasted_into_a_larger_picture(tmp_path, run_dir, capsys):
+def test_the_detector_finds_the_face_in_a_real_photo(tmp_path, run_dir, capsys):
     pytest.importorskip("cv2", reason="face detection needs OpenCV: make install-predict")
-    face = Image.open(Path(REAL_DATA) / REAL_FACE).resize((200, 200), Image.BILINEAR)
-    picture = Image.new("RGB", (640, 480), (90, 120, 150))
-    picture.paste(face.convert("RGB"), (300, 150))
-    path = tmp_path / "picture.jpg"
-    picture.save(path)
-
-    status, faces, _ = run_predict(capsys, "--run", run_dir, path)
+    status, faces, _ = run_predict(capsys, "--run", run_dir, "--out", tmp_path, ASTRONAUT)
     assert status == 0 and len(faces) == 1
     left, top, width, height = faces[0]["box"]
-    assert abs(left + width / 2 - 400) < 20 and abs(top + height / 2 - 250) < 20  # centred on the pasted face
-    assert 160 <= width <= 240 and 160 <= height <= 240
-    assert (tmp_path / "picture.emotions.png").is_file()
+    assert abs(left + width / 2 - 224) < 15 and abs(top + height / 2 - 114) < 15  # on her face
+    assert (tmp_path / "astronaut.emotions.png").is_file()
+
+
+# -----------------------------------------------------------------------------
+# Videos: a line per face per analysed frame, --every, smoothing, the annotated copy, the plot
+
+
+def test_each_analysed_video_frame_is_classified_like_a_photo_with_its_index_and_time(tmp_path, run_dir, capsys):
+    rng = np.random.default_rng(0)
+    video = write_video(tmp_path / "clip.avi", [face_like(i % 7, rng, size=96) for i in range(10)], fps=10)
+    status, faces, _ = run_predict(capsys, "--run", run_dir, "--no-detect", "--amp", "off", "--every", 3,
+                                   "--out", tmp_path / "out", "--plot", tmp_path / "clip.png",
+                                   "--csv", tmp_path / "faces.csv", video)
+    assert status == 0
+    assert [(face["video"], face["frame"], face["time_s"]) for face in faces] == [
+        (str(video), frame, frame / 10) for frame in (0, 3, 6, 9)]
+    frames = read_video(video)
+    crops = torch.stack([predict.crop_faces(frames[face["frame"]], [[0, 0, 96, 96]])[0] for face in faces])
+    expected = fer.predict_probabilities(fer.load_run(run_dir, CPU)[0], crops, CPU)
+    assert torch.tensor([probabilities_of(face) for face in faces]) == pytest.approx(expected, abs=1e-4)
+
+    annotated = read_video(tmp_path / "out" / "clip.emotions.mp4")
+    assert len(annotated) == 4 and annotated[0].width == 480  # the analysed frames, drawn at least 480 wide
+    assert Image.open(tmp_path / "clip.png").format == "PNG"
+    with open(tmp_path / "faces.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [(row["source"], row["frame"], row["time_s"]) for row in rows] == [
+        (str(video), str(frame), str(frame / 10)) for frame in (0, 3, 6, 9)]
+
+
+def test_smoothing_averages_each_face_over_its_last_k_frames(tmp_path, run_dir, capsys):
+    rng = np.random.default_rng(0)
+    video = write_video(tmp_path / "clip.avi", [face_like(i % 7, rng, size=48) for i in range(8)])
+    _, raw, _ = run_predict(capsys, "--run", run_dir, "--no-detect", video)
+    status, smoothed, _ = run_predict(capsys, "--run", run_dir, "--no-detect", "--smooth", 3, video)
+    raw = torch.tensor([probabilities_of(face) for face in raw])
+    expected = torch.stack([raw[max(0, i - 2):i + 1].mean(0) for i in range(len(raw))])
+    assert status == 0
+    assert torch.tensor([probabilities_of(face) for face in smoothed]) == pytest.approx(expected, abs=2e-4)
+    assert (raw[1:] - raw[:-1]).abs().max() > 0.1  # the frames differ: the smoothing is not vacuous
+
+
+def test_a_face_moving_through_a_video_is_found_in_every_frame_and_followed(tmp_path, run_dir, capsys):
+    pytest.importorskip("cv2", reason="face detection needs OpenCV: make install-predict")
+    head = Image.open(ASTRONAUT).convert("RGB").crop((96, 0, 352, 256)).resize((200, 200))
+    frames, centres = [], []
+    for i in range(6):  # 640x480 frames, searched on a copy 320 wide
+        frame = Image.new("RGB", (640, 480), (90, 110, 130))
+        frame.paste(head, (60 + 60 * i, 40 + 30 * i))
+        frames.append(np.asarray(frame))
+        centres.append((60 + 60 * i + 128.5 * 200 / 256, 40 + 30 * i + 114.5 * 200 / 256))  # where her face is
+    status, faces, _ = run_predict(capsys, "--run", run_dir, write_video(tmp_path / "walk.avi", frames))
+    assert status == 0
+    assert [(face["frame"], face["face"]) for face in faces] == [(i, 0) for i in range(6)]  # one face, followed
+    for face, (x, y) in zip(faces, centres):
+        left, top, width, height = face["box"]
+        assert abs(left + width / 2 - x) < 12 and abs(top + height / 2 - y) < 12
+
+
+def test_faces_are_followed_by_box_overlap(tmp_path):
+    tracks = predict.FaceTracks(window=2)
+    one, two = torch.eye(7)[0], torch.eye(7)[1]
+    assert [n for n, _ in tracks.update([[0, 0, 10, 10], [50, 0, 10, 10]], [one, two])] == [0, 1]
+    followed = tracks.update([[48, 2, 10, 10], [2, 1, 10, 10]], [one, two])  # both moved a little; order swapped
+    assert [n for n, _ in followed] == [1, 0]
+    assert followed[0][1] == pytest.approx((two + one) / 2) and followed[1][1] == pytest.approx((one + two) / 2)
+    assert [n for n, _ in tracks.update([[200, 200, 10, 10]], [one])] == [2]  # far from both: a new face
+
+
+def test_a_file_that_is_not_a_video_gets_one_line_and_nothing_from_ffmpeg(tmp_path, run_dir):
+    pytest.importorskip("cv2", reason="videos need OpenCV: make install-predict")
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video at all" * 100)
+    good = write_crops(tmp_path, count=1)
+    result = run_script("predict.py", "--run", str(run_dir), "--no-detect", str(broken), str(good[0]), cwd=tmp_path)
+    assert result.returncode == 1
+    assert [json.loads(line)["image"] for line in result.stdout.splitlines()] == [str(good[0])]
+    assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith(f"error: {broken}: cannot decode")
+
+
+# -----------------------------------------------------------------------------
+# Webcam: a clear line, not a traceback, where there is no display or no camera
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="$DISPLAY says whether there is a display on Linux")
+def test_webcam_without_a_display_is_one_error_line_and_exit_status_1(tmp_path, run_dir):
+    pytest.importorskip("cv2", reason="the webcam needs OpenCV: make install-predict")
+    result = run_script("predict.py", "--run", str(run_dir), "--webcam", cwd=tmp_path, DISPLAY="", WAYLAND_DISPLAY="")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "error: --webcam shows a window, and there is no display ($DISPLAY is not set)"]
+
+
+def test_webcam_with_headless_opencv_or_no_camera_is_one_error_line(tmp_path, run_dir, capsys, monkeypatch):
+    cv2 = pytest.importorskip("cv2", reason="the webcam needs OpenCV: make install-predict")
+    monkeypatch.setenv("DISPLAY", ":0")
+
+    def no_gui(name):  # what opencv-python-headless does
+        raise cv2.error("The function is not implemented. Rebuild the library with GTK+ 2.x support")
+
+    monkeypatch.setattr(cv2, "namedWindow", no_gui)
+    status, _, err = run_predict(capsys, "--run", run_dir, "--webcam")
+    assert status == 1 and err.strip().startswith("error: --webcam shows a window, and this OpenCV cannot open one")
+    monkeypatch.setattr(cv2, "namedWindow", lambda name: None)  # an OpenCV with windows, on a machine without cameras
+    monkeypatch.setattr(cv2, "destroyAllWindows", lambda: None)
+    status, _, err = run_predict(capsys, "--run", run_dir, "--webcam", 99)
+    assert status == 1 and err.strip() == "error: --webcam 99: no camera there, or another program is using it"

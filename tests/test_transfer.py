@@ -157,3 +157,26 @@ def test_weights_none_and_a_weights_file_together_are_refused(kaggle_folder, tmp
     result = run_script("train_transfer.py", "--data", str(kaggle_folder), "--weights", "none",
                         "--weights-path", str(tmp_path / "w.pth"), cwd=tmp_path)
     assert result.returncode == 2 and "contradict" in result.stderr
+
+
+@pytest.mark.parametrize("k", [0, 1, 2, 4, 7, 12, 19])
+def test_training_the_top_k_blocks_of_mobilenet_v2_leaves_the_frozen_ones_exactly_as_they_were(k, tmp_path):
+    config = transfer_config(unfreeze=str(k), epochs=1, batch_size=4, input_size=48, lr=0.1)
+    model = fer.build_model(config)
+    blocks = model.blocks()
+    assert len(blocks) == 19
+    frozen, top = nn.ModuleList([m for block in blocks[:19 - k] for m in block]), blocks[19 - k:]
+    expected = fer.count_parameters(model.head) + sum(fer.count_parameters(m) for block in top for m in block)
+    assert fer.count_parameters(model, trainable_only=True) == expected
+    assert expected == {0: 8_967, 19: 2_232_263}.get(k, expected)  # the README's two ends of the curve
+    # Weights and BatchNorm running statistics of the frozen blocks, before a real training epoch.
+    frozen_before = {name: tensor.clone() for name, tensor in frozen.state_dict().items()}
+    top_before = [p.clone() for block in top for m in block for p in m.parameters()]
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (8, 48, 48), dtype=torch.uint8, generator=generator)
+    data = {split: {"images": images, "labels": torch.arange(8) % 7} for split in ("train", "val")}
+    fer.train(model, data, config, tmp_path)
+    for name, tensor in frozen.state_dict().items():
+        assert torch.equal(tensor, frozen_before[name]), name  # running_mean / running_var included
+    top_after = [p for block in top for m in block for p in m.parameters()]
+    assert all(not torch.equal(a, b) for a, b in zip(top_before, top_after))

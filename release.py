@@ -1,0 +1,162 @@
+"""
+Make a run folder the released model: runs/release/, the one folder under runs/ that is committed, so a
+fresh clone can predict (predict.py, gradcam.py, export.py use it when no --run is named).
+
+    python release.py --run runs/DIR              # make release RUN=runs/DIR
+    python release.py --run runs/DIR --out DIR    # build a release folder somewhere else
+
+The release holds only what inference and the model card need: best.pt stripped to the weights (float32)
+and the config, config.json, eval_test.json and confusion_test.png (evaluate.py runs first when the run
+has none), metrics.jsonl, curves.png, and RELEASE.md: the source run, its training command, git
+commit, checkpoint epoch, PrivateTest accuracy and per-class F1, size. Never last.pt (the optimizer
+state for --resume, about three times the weights). An existing release is replaced in one step: the new one
+is built in a hidden folder beside it, checked, then swapped in.
+"""
+import argparse
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import fer
+
+COPIED = ["config.json", "eval_test.json", "confusion_test.png", "metrics.jsonl", "curves.png"]
+# config.json entries that are records, not command-line settings.
+NOT_SETTINGS = {"device", "processes", "torch_version", "git_commit", "run_dir"}
+
+
+def training_command(config):
+    """The command that trains this run again, rebuilt from config.json, which holds every resolved
+    setting (argparse's namespace), so every setting is spelled out, defaults included."""
+    script = "train_transfer.py" if config["arch"] in fer.HEAD_ATTRIBUTE else "train_baseline.py"
+    words = [f"torchrun --nproc_per_node={config['processes']}" if config.get("processes", 1) > 1 else "python", script]
+    for key, value in config.items():
+        flag = "--" + key.replace("_", "-")
+        if key in NOT_SETTINGS or value is None or (key == "weights" and value == "file"):
+            continue  # weights "file" is what --weights-path sets
+        if key == "amp":  # resolved from --amp auto to what this machine did
+            words += [flag, "on" if value else "off"]
+        elif key in ("flip", "channels_last"):  # on by default; the flags turn them off
+            words += [] if value else [f"--no-{key.replace('_', '-')}"]
+        elif isinstance(value, bool):
+            words += [flag] if value else []
+        else:
+            words += [flag, shlex.quote(str(value))]
+    return " ".join(words)
+
+
+def strip_checkpoint(source, target):
+    """best.pt -> only the weights (float32, contiguous: channels_last is a training-time layout) and
+    the config fer.load_run rebuilds the model from. Returns the source checkpoint."""
+    checkpoint = torch.load(source, map_location="cpu", weights_only=True)
+    weights = {name: (tensor.float() if tensor.is_floating_point() else tensor).clone(
+        memory_format=torch.contiguous_format) for name, tensor in checkpoint["model"].items()}
+    torch.save({"model": weights, "config": checkpoint["config"]}, target)
+    return checkpoint
+
+
+def ensure_evaluated(run_dir, data):
+    """The run's eval_test.json, written by evaluate.py first if the run has none."""
+    if not (run_dir / "eval_test.json").is_file():
+        data = data or json.loads((run_dir / "config.json").read_text())["data"]
+        if not Path(data).exists():
+            raise fer.DataError(f"{run_dir} has no eval_test.json and its data ({data}) is not here to make one: "
+                                f"pass --data, or evaluate it where the data is (make evaluate RUN={run_dir})")
+        print(f"{run_dir} has no eval_test.json: running evaluate.py first")
+        subprocess.run([sys.executable, str(fer.PROJECT_DIR / "evaluate.py"), "--run", str(run_dir), "--data", data],
+                       check=True)
+    return json.loads((run_dir / "eval_test.json").read_text())
+
+
+def model_card(run_dir, config, checkpoint, report, size_mb, parameters):
+    accuracy = (f"{report['accuracy']:.2%} (with flip TTA {report['accuracy_flip_tta']:.2%}; "
+                f"macro-F1 {report['macro_f1']:.3f})")
+    if "accuracy_without_train_duplicates" in report:
+        accuracy += (f"; {report['accuracy_without_train_duplicates']:.2%} on the "
+                     f"{report['images_without_train_duplicate']} images with no copy in train")
+    lines = [
+        f"# Released model: {run_dir.name}", "",
+        "Rebuilt by `release.py` from a run folder; every number below is from its files.", "",
+        "| | |", "|---|---|",
+        f"| source run | `{run_dir.as_posix()}` |",
+        f"| model | {config['arch']}, {parameters:,} parameters |",
+        f"| training command | `{training_command(config)}` (from config.json) |",
+        f"| git commit | `{config.get('git_commit') or 'unknown'}` |",
+        f"| checkpoint | epoch {checkpoint.get('epoch', '?')} of {config['epochs']}, the best validation "
+        f"(PublicTest) accuracy ({checkpoint.get('val_acc', float('nan')):.2%}) |",
+        f"| PrivateTest accuracy | {accuracy} |",
+        f"| size | {size_mb:.1f} MB (best.pt: float32 weights and config only) |",
+        f"| released | {time.strftime('%Y-%m-%d')} with `python release.py --run {run_dir.as_posix()}` |", "",
+        f"Per class, {report.get('split', 'PrivateTest')} ({report.get('images', '?')} images):", "",
+        "| emotion | F1 | precision | recall | images |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {name} | {row['f1']:.3f} | {row['precision']:.3f} | {row['recall']:.3f} | {row['support']} |"
+              for name, row in report["per_class"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def build_release(run_dir, out, data=None):
+    """Build the release of `run_dir` in a hidden folder beside `out`, check it, then swap it in."""
+    if not (run_dir / "best.pt").is_file():
+        raise fer.DataError(f"{run_dir / 'best.pt'}: no checkpoint; expected a run folder written by train_*.py")
+    if run_dir.resolve() == out.resolve():
+        raise fer.DataError(f"{run_dir} is the release itself; name the run folder it was made from")
+    report = ensure_evaluated(run_dir, data)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".{out.name}-new-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        checkpoint = strip_checkpoint(run_dir / "best.pt", staging / "best.pt")
+        for name in COPIED:
+            if (run_dir / name).is_file():
+                shutil.copy2(run_dir / name, staging / name)
+        # The stripped checkpoint must load as a run folder and predict exactly what the source does.
+        cpu, probe = torch.device("cpu"), torch.randint(0, 256, (32, fer.IMAGE_SIZE, fer.IMAGE_SIZE), dtype=torch.uint8)
+        released, config = fer.load_run(staging, cpu)
+        if not torch.equal(fer.predict_probabilities(released, probe, cpu),
+                           fer.predict_probabilities(fer.load_run(run_dir, cpu)[0], probe, cpu)):
+            raise RuntimeError(f"the stripped checkpoint predicts differently from {run_dir / 'best.pt'}")
+        size_mb = sum(f.stat().st_size for f in staging.iterdir()) / 1e6
+        card = model_card(run_dir, config, checkpoint, report, size_mb, fer.count_parameters(released))
+        (staging / "RELEASE.md").write_text(card)
+        # The swap: two renames, so no reader ever sees a half-written release (between them, for an
+        # instant, none at all; an interrupted swap leaves the old one in the hidden -old- folder).
+        if out.exists():
+            old = out.with_name(f".{out.name}-old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(staging, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return card, size_mb
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, required=True,
+                        help="run folder written by train_baseline.py or train_transfer.py")
+    parser.add_argument("--out", type=Path, default=fer.RELEASED_RUN, help="release folder (default: runs/release)")
+    parser.add_argument("--data", help="dataset for evaluate.py, if the run is not evaluated yet "
+                        "(default: the one the run was trained on)")
+    args = parser.parse_args()
+    try:
+        card, size_mb = build_release(args.run, args.out, args.data)
+    except (fer.DataError, subprocess.CalledProcessError) as error:
+        sys.exit(f"error: {error}")
+    print(card)
+    print(f"released {args.run} as {args.out} ({size_mb:.1f} MB)")
+    if size_mb > 10:
+        print(f"note: {size_mb:.0f} MB is committed with every release; the baseline CNN is 9.8 MB")
+
+
+if __name__ == "__main__":
+    main()

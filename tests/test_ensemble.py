@@ -1,0 +1,86 @@
+"""Test-time views and ensembles: what evaluate.py averages, checked by hand."""
+import json
+
+import pytest
+import torch
+
+import fer
+from conftest import run_script
+
+
+def test_flipping_twice_is_the_identity_and_views_keep_their_shape():
+    batch = torch.rand(3, 1, 48, 48)
+    assert torch.equal(batch.flip(-1).flip(-1), batch)
+    assert len(fer.test_time_views(batch, False)) == 1
+    flip = fer.test_time_views(batch, "flip")
+    assert len(flip) == 2 and torch.equal(flip[1], batch.flip(-1))
+    ten = fer.test_time_views(batch, "ten")
+    assert len(ten) == 10 and all(view.shape == batch.shape for view in ten)
+    assert torch.equal(ten[0], batch) and torch.equal(ten[5], batch.flip(-1))
+    for view, mirrored in zip(ten[:5], ten[5:]):
+        assert torch.equal(mirrored.flip(-1), view)
+
+
+def test_ten_views_shift_the_face_by_tta_shift_pixels_repeating_the_edge():
+    batch = torch.arange(48.0).repeat(48, 1)[None, None]  # each pixel holds its column index
+    shift = fer.TTA_SHIFT
+    right, left = fer.test_time_views(batch, "ten")[1:3]
+    assert torch.equal(right[0, 0, 0, :-shift], batch[0, 0, 0, shift:])  # content moved by `shift` columns
+    assert torch.equal(right[0, 0, 0, -shift:], torch.full((shift,), 47.0))  # the edge repeated into the gap
+    assert torch.equal(left[0, 0, 0, shift:], batch[0, 0, 0, :-shift])
+
+
+class Constant(torch.nn.Module):
+    """A "model" that gives every image the same logits."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = torch.tensor(logits)
+
+    def forward(self, images):
+        return self.logits.expand(len(images), -1)
+
+
+def test_an_ensemble_averages_its_members_probabilities():
+    a, b = [2.0, 0, 0, 0, 0, 0, 0], [0, 0, 0, 1.0, 0, 0, 0]
+    images = torch.zeros(4, 48, 48, dtype=torch.uint8)
+    probabilities = fer.ensemble_probabilities([Constant(a), Constant(b)], images, torch.device("cpu"), tta="ten")
+    # by hand: softmax of a gives e^2 / (e^2 + 6) to angry; of b, e / (e + 6) to happy
+    e = torch.e
+    expected = torch.tensor([e ** 2 / (e ** 2 + 6) + 1 / (e + 6), 1 / (e ** 2 + 6) + 1 / (e + 6),
+                             1 / (e ** 2 + 6) + 1 / (e + 6), 1 / (e ** 2 + 6) + e / (e + 6),
+                             1 / (e ** 2 + 6) + 1 / (e + 6), 1 / (e ** 2 + 6) + 1 / (e + 6),
+                             1 / (e ** 2 + 6) + 1 / (e + 6)]) / 2
+    assert torch.allclose(probabilities, expected.expand(4, -1), atol=1e-6)
+
+
+@pytest.fixture
+def two_runs(kaggle_folder, tmp_path):
+    runs = []
+    for arch, extra in (("baseline", []), ("vggnet", ["--ema", "0.9"])):
+        result = run_script("train_baseline.py", "--arch", arch, "--data", str(kaggle_folder), "--epochs", "1",
+                            "--batch-size", "8", "--width", "4", "--device", "cpu", "--name", arch, *extra,
+                            cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        runs.append(next((tmp_path / "runs").glob(f"*-{arch}")))
+    return runs
+
+
+def test_evaluate_reports_an_ensemble_of_two_runs_like_a_single_run(two_runs, tmp_path):
+    out = tmp_path / "ensemble"
+    result = run_script("evaluate.py", "--run", str(two_runs[0]), "--run", str(two_runs[1]), "--out", str(out),
+                        cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "ensemble of 2 runs" in result.stdout and "ten-view TTA" in result.stdout
+    report = json.loads((out / "eval_test.json").read_text())
+    assert report["runs"] == [str(run) for run in two_runs] and report["images"] == 14
+    assert {"accuracy", "macro_f1", "accuracy_flip_tta", "accuracy_ten_view_tta", "per_class"} <= set(report)
+    assert set(report["test_time_views"]) == {"single", "flip", "ten"}
+    assert json.loads((out / "ensemble.json").read_text())["members"] == [str(run) for run in two_runs]
+    assert (out / "confusion_test.png").stat().st_size > 0
+
+    # The ensemble's accuracy is that of the mean of the members' probabilities, worked out here.
+    data = fer.load_fer2013(json.loads((two_runs[0] / "config.json").read_text())["data"])
+    models = [fer.load_run(run, torch.device("cpu"))[0] for run in two_runs]
+    mean = sum(fer.predict_probabilities(model, data["test"]["images"], torch.device("cpu")) for model in models) / 2
+    assert report["accuracy"] == pytest.approx((mean.argmax(1) == data["test"]["labels"]).float().mean().item())
