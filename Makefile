@@ -22,7 +22,7 @@ STAMP    = $$(date +%Y%m%d-%H%M%S)
 EPOCHS_FLAG = $(if $(EPOCHS),--epochs $(EPOCHS))
 
 .DEFAULT_GOAL := help
-.PHONY: help install data baseline baseline-seed vggnet ensemble feature-extract finetune compare bench evaluate release test clean-cache
+.PHONY: help install data baseline baseline-seed vggnet ensemble feature-extract finetune transfer-curve compare bench evaluate release test clean-cache
 
 help:  ## list the targets and their variables
 	@echo "targets:"
@@ -85,6 +85,20 @@ finetune: data  ## fine-tune ARCH from ImageNet weights (ARGS='--weights none' f
 	run=runs/$(STAMP)-$(ARCH)-finetune-$(START) && \
 	$(TRAIN) train_transfer.py --run-dir "$$run" --arch $(ARCH) --mode finetune $(WEIGHTS) $(EPOCHS_FLAG) $(ARGS) && \
 	$(PYTHON) evaluate.py --run "$$run"
+
+# The transfer curve: MobileNetV2 from ImageNet with its top k blocks training, the rest frozen, at one
+# budget (EPOCHS, default 8), on all and on a stratified 10% of the training images, beside the baseline
+# CNN on the same 10%; then its table and chart (docs/curve.md, docs/curve.png).
+CURVE_K  ?= 0 1 2 4 7 12 19
+transfer-curve: data  ## train and evaluate every point of the transfer curve (hours), then its table and chart
+	for fraction in 1.0 0.1; do for k in $(CURVE_K); do \
+	  run=runs/$(STAMP)-curve-k$$k-data$$fraction && \
+	  $(TRAIN) train_transfer.py --run-dir "$$run" --arch mobilenet_v2 --mode finetune --unfreeze $$k $(WEIGHTS) \
+	    --epochs $(or $(EPOCHS),8) --train-fraction $$fraction $(ARGS) && \
+	  $(PYTHON) evaluate.py --run "$$run" || exit 1; done; done
+	run=runs/$(STAMP)-curve-baseline-data0.1 && \
+	$(TRAIN) train_baseline.py --run-dir "$$run" --train-fraction 0.1 && $(PYTHON) evaluate.py --run "$$run"
+	$(PYTHON) compare.py --curve --runs runs/*-curve-*
 
 compare: $(VENV)  ## table (docs/compare.md) and bar chart (docs/compare.png) of the evaluated runs
 	$(PYTHON) compare.py $(ARGS)

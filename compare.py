@@ -5,6 +5,12 @@ wall time, with each run's starting weights; and their PublicTest accuracy again
 
     python compare.py                          # the newest evaluated run of each name under runs/
     python compare.py --runs runs/A runs/B     # these runs
+    python compare.py --curve --runs runs/*-curve-*   # accuracy against the number of fine-tuned blocks
+
+--curve draws the transfer curve instead (make transfer-curve): PrivateTest accuracy against k, the
+number of top backbone blocks that train (0 = feature extraction), one line per share of the training
+data, each point labelled with its training minutes; from-scratch CNNs among the runs are drawn as
+horizontal lines. Written to curve.md and curve.png.
 """
 import argparse
 import json
@@ -42,7 +48,50 @@ def summarise(run_dir):
         "accuracy_unseen": report["accuracy_without_train_duplicates"],
         "macro_f1": report["macro_f1"], "trainable": fer.count_parameters(fer.build_model(config), trainable_only=True),
         "epochs": len(history), "images_per_s": sum(row["images_per_s"] for row in history) / len(history),
-        "minutes": (history[-1]["elapsed_s"] + extraction_s) / 60}
+        "minutes": (history[-1]["elapsed_s"] + extraction_s) / 60,
+        "unfreeze": config.get("unfreeze"), "train_fraction": config.get("train_fraction", 1.0)}
+
+
+def trained_blocks(row):
+    """k, the number of top backbone blocks that trained (all of MobileNetV2's 19 for "all")."""
+    return 19 if row["unfreeze"] == "all" else int(row["unfreeze"])
+
+
+def curve_table(rows):
+    lines = ["| training data | k (top blocks training) | trainable params | PrivateTest acc | with flip TTA "
+             "| macro-F1 | epochs | train images/s | wall time | run |", "|" + "---|" * 10]
+    for row in sorted(rows, key=lambda row: (-row["train_fraction"], row["unfreeze"] is not None,
+                                              trained_blocks(row) if row["unfreeze"] is not None else 0)):
+        k = trained_blocks(row) if row["unfreeze"] is not None else f"{row['model']} from scratch"
+        lines.append(f"| {row['train_fraction']:.0%} | {k} | {row['trainable']:,} | {row['accuracy']:.2%} | "
+                     f"{row['accuracy_tta']:.2%} | {row['macro_f1']:.3f} | {row['epochs']} | "
+                     f"{row['images_per_s']:,.0f} | {row['minutes']:.1f} min | `{row['run']}` |")
+    return "\n".join(lines) + "\n"
+
+
+def curve_chart(rows, path):
+    figure, axes = plt.subplots(figsize=(8, 5))
+    transfer = [row for row in rows if row["unfreeze"] is not None]
+    for fraction in sorted({row["train_fraction"] for row in transfer}, reverse=True):
+        points = sorted((trained_blocks(row), row) for row in transfer if row["train_fraction"] == fraction)
+        line, = axes.plot([k for k, _ in points], [100 * row["accuracy"] for _, row in points], marker="o",
+                          label=f"MobileNetV2 from ImageNet, {fraction:.0%} of the training images")
+        for k, row in points:
+            axes.annotate(f"{row['minutes']:.0f} min", (k, 100 * row["accuracy"]), textcoords="offset points",
+                          xytext=(0, 7), ha="center", fontsize=7, color=line.get_color())
+    for row in rows:
+        if row["unfreeze"] is None:
+            axes.axhline(100 * row["accuracy"], linestyle="--", color="gray", alpha=0.7)
+            axes.text(0, 100 * row["accuracy"] + 0.4, f"{row['model']} from scratch, {row['train_fraction']:.0%} of "
+                      f"the data ({row['minutes']:.0f} min)", fontsize=7, color="gray")
+    axes.set(xlabel="k: top backbone blocks that train (0 = feature extraction, 19 = all)",
+             ylabel="PrivateTest accuracy (%)", title="Feature extraction to full fine-tuning (2 CPU cores)")
+    axes.set_xticks(sorted({trained_blocks(row) for row in transfer}) or [0])
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def markdown_table(rows):
@@ -94,6 +143,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="*", type=Path, help="run folders (default: newest evaluated run per name)")
     parser.add_argument("--out", type=Path, default=Path("docs"), help="folder for compare.md/.png (default: %(default)s)")
+    parser.add_argument("--curve", action="store_true", help="the transfer curve (curve.md, curve.png) instead")
     args = parser.parse_args()
     runs = args.runs
     if not runs:  # folder names start with a timestamp: the last one of each name is the newest
@@ -104,6 +154,11 @@ def main():
         raise SystemExit("error: no evaluated runs under runs/: train and evaluate some first (make baseline)")
     rows = [summarise(run_dir) for run_dir in runs]
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.curve:
+        (args.out / "curve.md").write_text(curve_table(rows))
+        curve_chart(rows, args.out / "curve.png")
+        print(curve_table(rows) + f"wrote curve.md and curve.png into {args.out}")
+        return
     table = markdown_table(rows)
     (args.out / "compare.md").write_text(table)
     bar_chart(rows, args.out / "compare.png")

@@ -838,8 +838,9 @@ def train(model, data, config, run_dir):
 
 
 # Ten-view TTA shifts the face by this many pixels (of 48) left, right, up and down. Chosen on
-# PublicTest among 2, 3 and 4 pixels (see the README); training shifts by up to 4.8 pixels.
-TTA_SHIFT = 3
+# PublicTest among 1, 2, 3 and 4 pixels (69.49% at 2, 69.10% at 3, 68.90% at 4, 68.77% at 1, for the
+# 40-epoch VGGNet); training shifts by up to 4.8 pixels.
+TTA_SHIFT = 2
 
 
 def test_time_views(batch, tta):
