@@ -86,9 +86,6 @@ def main():
 
     out = args.out or args.run / "model.onnx"
     try:
-        if args.run == fer.RELEASED_RUN and not (args.run / "best.pt").is_file():
-            raise fer.DataError(f"{args.run}: this copy has no released model; name a run folder with --run runs/DIR "
-                                f"(or release one: make release RUN=runs/DIR)")
         model, config = fer.load_run(args.run, torch.device("cpu"))
         images, description = check_images(args, config)
     except fer.DataError as error:

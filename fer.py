@@ -1105,6 +1105,9 @@ def load_checkpoint(path, device, keys=("model", "config")):
     may run code when loaded; this refuses it instead."""
     path = Path(path)
     if not path.is_file():
+        if path.parent.resolve() == Path(RELEASED_RUN).resolve():  # predict.py, gradcam.py, export.py default to it
+            raise DataError(f"{path.parent}: this copy has no released model; name a run folder with --run runs/DIR "
+                            f"(or release one: make release RUN=runs/DIR)")
         raise DataError(f"{path}: no checkpoint; expected a run folder written by train_*.py")
     try:
         with warnings.catch_warnings():  # on a damaged file torch warns about its pickle protocol first

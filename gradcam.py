@@ -126,9 +126,6 @@ def main():
 
     device, run_dir = fer.pick_device(args.device), Path(args.run)
     try:
-        if run_dir == fer.RELEASED_RUN and not (run_dir / "best.pt").is_file():
-            raise fer.DataError(f"{run_dir}: this copy has no released model; name a run folder with --run runs/DIR "
-                                f"(or release one: make release RUN=runs/DIR)")
         model, config = fer.load_run(run_dir, device)
         layer_name, layer = target_layer(model, args.layer, run_dir)
         layer_name += f" ({type(layer).__name__})"

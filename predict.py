@@ -435,9 +435,6 @@ def run_webcam(index, model, detector, args):
 
 
 def load_model(run, device):
-    if run is None and not (fer.RELEASED_RUN / "best.pt").is_file():
-        raise fer.DataError(f"{fer.RELEASED_RUN}: this copy has no released model; train one (make baseline) "
-                            f"and name its folder with --run runs/DIR")
     model, _ = fer.load_run(run or fer.RELEASED_RUN, device)
     # channels_last: 1.5x faster on the CPU (the baseline, float32: 2.2 -> 1.4 ms of CPU per face, batch 256)
     return model.to(memory_format=torch.channels_last)

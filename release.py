@@ -54,7 +54,7 @@ def training_command(config):
 def strip_checkpoint(source, target):
     """best.pt -> only the weights (float32, contiguous: channels_last is a training-time layout) and
     the config fer.load_run rebuilds the model from. Returns the source checkpoint."""
-    checkpoint = torch.load(source, map_location="cpu", weights_only=True)
+    checkpoint = fer.load_checkpoint(source, "cpu")
     weights = {name: (tensor.float() if tensor.is_floating_point() else tensor).clone(
         memory_format=torch.contiguous_format) for name, tensor in checkpoint["model"].items()}
     torch.save({"model": weights, "config": checkpoint["config"]}, target)
