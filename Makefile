@@ -91,13 +91,13 @@ finetune: data  ## fine-tune ARCH from ImageNet weights (ARGS='--weights none' f
 # CNN on the same 10%; then its table and chart (docs/curve.md, docs/curve.png).
 CURVE_K  ?= 0 1 2 4 7 12 19
 transfer-curve: data  ## train and evaluate every point of the transfer curve (hours), then its table and chart
-	for fraction in 1.0 0.1; do for k in $(CURVE_K); do \
+	for fraction in 0.1 1.0; do for k in $(CURVE_K); do \
 	  run=runs/$(STAMP)-curve-k$$k-data$$fraction && \
 	  $(TRAIN) train_transfer.py --run-dir "$$run" --arch mobilenet_v2 --mode finetune --unfreeze $$k $(WEIGHTS) \
-	    --epochs $(or $(EPOCHS),8) --train-fraction $$fraction $(ARGS) && \
-	  $(PYTHON) evaluate.py --run "$$run" || exit 1; done; done
+	    --epochs $(or $(EPOCHS),6) --train-fraction $$fraction $(ARGS) && \
+	  $(PYTHON) evaluate.py --single-view --run "$$run" || exit 1; done; done
 	run=runs/$(STAMP)-curve-baseline-data0.1 && \
-	$(TRAIN) train_baseline.py --run-dir "$$run" --train-fraction 0.1 && $(PYTHON) evaluate.py --run "$$run"
+	$(TRAIN) train_baseline.py --run-dir "$$run" --train-fraction 0.1 && $(PYTHON) evaluate.py --single-view --run "$$run"
 	$(PYTHON) compare.py --curve --runs runs/*-curve-*
 
 compare: $(VENV)  ## table (docs/compare.md) and bar chart (docs/compare.png) of the evaluated runs

@@ -43,7 +43,7 @@ def summarise(run_dir):
     return {
         "run": run_dir.name, "model": config["arch"] + (f" {config['input_size']}px" if "input_size" in config else ""),
         "mode": "feature extraction" if mode == "feature" else "fine-tuning" if mode == "finetune" else mode,
-        "weights": describe_weights(config), "accuracy": report["accuracy"], "accuracy_tta": report["accuracy_flip_tta"],
+        "weights": describe_weights(config), "accuracy": report["accuracy"], "accuracy_tta": report.get("accuracy_flip_tta", float("nan")),
         "accuracy_ten": report.get("accuracy_ten_view_tta", float("nan")),
         "accuracy_unseen": report["accuracy_without_train_duplicates"],
         "macro_f1": report["macro_f1"], "trainable": fer.count_parameters(fer.build_model(config), trainable_only=True),

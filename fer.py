@@ -863,21 +863,26 @@ def test_time_views(batch, tta):
 
 
 @torch.inference_mode()
-def predict_probabilities(model, images, device, amp=False, tta=False, batch_size=512):
-    """Class probabilities [N, 7] for uint8 images [N, 48, 48], averaged over test_time_views(tta)."""
+def view_probabilities(model, images, device, amp=False, tta=False, batch_size=512):
+    """Class probabilities [V, N, 7] of uint8 images [N, 48, 48], one row for each of test_time_views(tta)."""
     model.eval()
     probabilities = []
     for start in range(0, len(images), batch_size):
         batch = as_model_input(images[start:start + batch_size].to(device))
         with autocast(device, amp):
-            views = [model(view).float().softmax(1) for view in test_time_views(batch, tta)]
-        probabilities.append(torch.stack(views).mean(0).cpu())
-    return torch.cat(probabilities)
+            probabilities.append(torch.stack([model(view).float().softmax(1).cpu()
+                                              for view in test_time_views(batch, tta)]))
+    return torch.cat(probabilities, dim=1)
+
+
+def predict_probabilities(model, images, device, amp=False, tta=False, batch_size=512):
+    """Class probabilities [N, 7] for uint8 images [N, 48, 48], averaged over test_time_views(tta)."""
+    return view_probabilities(model, images, device, amp, tta, batch_size).mean(0)
 
 
 def ensemble_probabilities(models, images, device, tta=False):
-    """An ensemble's class probabilities: the mean of its members' (any architectures)."""
-    return torch.stack([predict_probabilities(model, images, device, tta=tta) for model in models]).mean(0)
+    """An ensemble's class probabilities for each view [V, N, 7]: the mean of its members' (any architectures)."""
+    return torch.stack([view_probabilities(model, images, device, tta=tta) for model in models]).mean(0)
 
 
 def evaluate(model, images, labels, device, amp=False, tta=False):

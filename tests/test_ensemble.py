@@ -44,7 +44,7 @@ class Constant(torch.nn.Module):
 def test_an_ensemble_averages_its_members_probabilities():
     a, b = [2.0, 0, 0, 0, 0, 0, 0], [0, 0, 0, 1.0, 0, 0, 0]
     images = torch.zeros(4, 48, 48, dtype=torch.uint8)
-    probabilities = fer.ensemble_probabilities([Constant(a), Constant(b)], images, torch.device("cpu"), tta="ten")
+    probabilities = fer.ensemble_probabilities([Constant(a), Constant(b)], images, torch.device("cpu"), tta="ten").mean(0)
     # by hand: softmax of a gives e^2 / (e^2 + 6) to angry; of b, e / (e + 6) to happy
     e = torch.e
     expected = torch.tensor([e ** 2 / (e ** 2 + 6) + 1 / (e + 6), 1 / (e ** 2 + 6) + 1 / (e + 6),
@@ -82,5 +82,16 @@ def test_evaluate_reports_an_ensemble_of_two_runs_like_a_single_run(two_runs, tm
     # The ensemble's accuracy is that of the mean of the members' probabilities, worked out here.
     data = fer.load_fer2013(json.loads((two_runs[0] / "config.json").read_text())["data"])
     models = [fer.load_run(run, torch.device("cpu"))[0] for run in two_runs]
-    mean = sum(fer.predict_probabilities(model, data["test"]["images"], torch.device("cpu")) for model in models) / 2
-    assert report["accuracy"] == pytest.approx((mean.argmax(1) == data["test"]["labels"]).float().mean().item())
+    for view, tta in (("single", False), ("flip", "flip"), ("ten", "ten")):  # evaluate.py derives all three from the ten
+        mean = sum(fer.predict_probabilities(model, data["test"]["images"], torch.device("cpu"), tta=tta)
+                   for model in models) / 2
+        accuracy = (mean.argmax(1) == data["test"]["labels"]).float().mean().item()
+        assert report["test_time_views"][view]["accuracy"] == pytest.approx(accuracy)
+
+
+def test_evaluate_single_view_reports_no_tta(two_runs, tmp_path):
+    result = run_script("evaluate.py", "--run", str(two_runs[0]), "--single-view", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "single view" in result.stdout and "TTA" not in result.stdout
+    report = json.loads((two_runs[0] / "eval_test.json").read_text())
+    assert set(report["test_time_views"]) == {"single"} and "accuracy_flip_tta" not in report
