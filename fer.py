@@ -443,11 +443,11 @@ class TransferNet(nn.Module):
     At 48x48 the stock networks (stride 32) end on a 2x2 feature map, too coarse for faces;
     upsampling gives the pretrained filters faces at a scale closer to ImageNet's objects."""
 
-    def __init__(self, arch, input_size=96):
+    def __init__(self, arch, input_size=96, feature_block=None):
         super().__init__()
         import torchvision
 
-        self.arch, self.input_size = arch, input_size
+        self.arch, self.input_size, self.feature_block = arch, input_size, feature_block
         self.backbone = getattr(torchvision.models, arch)(weights=None)
         if arch == "vgg16":  # VGG's 7x7 pooling + 120M-parameter classifier -> global average pooling
             self.backbone.avgpool = nn.AdaptiveAvgPool2d(1)
@@ -455,13 +455,30 @@ class TransferNet(nn.Module):
         setattr(self.backbone, HEAD_ATTRIBUTE[arch], nn.Flatten())
         self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(feature_size, len(EMOTIONS)))
         self.frozen_blocks = []
+        if feature_block:
+            # Mid-level features: the map after the first `feature_block` blocks, with its layout kept
+            # (a face's mouth and eyes are in known places), into a small head: a 1x1 conv down to
+            # 128 channels, then one linear layer over every position.
+            self.backbone.eval()  # measuring the map's shape must not touch BatchNorm statistics
+            with torch.no_grad():
+                rgb_or_gray = first_conv(self.backbone)[1].in_channels
+                channels, height, width = self.features(torch.zeros(1, rgb_or_gray, 48, 48)).shape[1:]
+            self.backbone.train()
+            self.head = nn.Sequential(nn.Conv2d(channels, 128, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU(),
+                                      nn.Flatten(), nn.Dropout(0.5), nn.Linear(128 * height * width, len(EMOTIONS)))
 
     def features(self, images):
         images = F.interpolate(images, size=self.input_size, mode="bilinear", align_corners=False)
-        return self.backbone((images - IMAGENET_MEAN) / IMAGENET_STD)
+        images = (images - IMAGENET_MEAN) / IMAGENET_STD
+        if not self.feature_block:
+            return self.backbone(images)
+        for block in self.blocks()[:self.feature_block]:
+            for layer in block:
+                images = layer(images)
+        return images
 
     def forward(self, images):
-        if images.dim() == 2:  # cached backbone outputs [B, D] (feature extraction): only the head runs
+        if images.shape[1] != 1:  # cached backbone features (feature extraction), not images: only the head runs
             return self.head(images)
         return self.head(self.features(images))
 
@@ -469,7 +486,7 @@ class TransferNet(nn.Module):
         """The backbone's stages, input to output: the units that --unfreeze N counts from the top."""
         net = self.backbone
         if self.arch == "resnet18":
-            return [[net.conv1, net.bn1], [net.layer1], [net.layer2], [net.layer3], [net.layer4]]
+            return [[net.conv1, net.bn1, net.relu, net.maxpool], [net.layer1], [net.layer2], [net.layer3], [net.layer4]]
         if self.arch == "vgg16":  # the five conv stages, each ending in a max-pool
             stages, stage = [], []
             for layer in net.features:
@@ -563,9 +580,11 @@ def cached_features(model, data, config):
     """The backbone's output for every image of every split, computed once and cached on disk.
 
     In feature extraction the backbone is frozen, so its output for an image never changes:
-    computing it once instead of in every epoch makes training the head take seconds. (The
-    price: no augmentation, since every view of an image would need its own features.)"""
-    digest = hashlib.sha1(f"{config['arch']}-{config['input_size']}-{config['amp']}".encode())
+    computing it once instead of in every epoch makes training the head take seconds. The price
+    is augmentation: each view of an image needs its own features. So `config["views"]` randomly
+    augmented copies of every training image are computed once too, and join the training set."""
+    settings = [config[key] for key in ("arch", "input_size", "amp", "seed", "flip", "rotate", "zoom", "translate")]
+    digest = hashlib.sha1(repr(settings + [config.get("feature_block"), config.get("views", 0)]).encode())
     for tensor in model.backbone.state_dict().values():
         digest.update(tensor.cpu().float().numpy().tobytes())
     for split in data.values():
@@ -575,15 +594,23 @@ def cached_features(model, data, config):
         return torch.load(cache_file, weights_only=True)
     device = torch.device(config["device"])
     model.to(device).eval()
+    generator = torch.Generator().manual_seed(config["seed"])
     features = {}
     for split, part in data.items():
-        print(f"computing {config['arch']} features of the {len(part['images']):,} {split} images")
+        views = config.get("views", 0) if split == "train" else 0
+        print(f"computing {config['arch']} features of the {len(part['images']):,} {split} images"
+              + (f" and of {views} augmented views of each" if views else ""), flush=True)
         batches = []
-        for start in range(0, len(part["images"]), 256):
-            with autocast(device, config["amp"]):
-                batches.append(model.features(as_model_input(part["images"][start:start + 256].to(device))).float().cpu())
+        for view in range(1 + views):
+            for start in range(0, len(part["images"]), 256):
+                batch = as_model_input(part["images"][start:start + 256])
+                if view:  # view 0 is the image itself
+                    batch = augment_batch(batch, config["flip"], config["rotate"], config["zoom"], config["translate"],
+                                          generator=generator)
+                with autocast(device, config["amp"]):
+                    batches.append(model.features(batch.to(device)).float().cpu())
         # Stored under "images" so that train() and evaluate() take them like any split.
-        features[split] = {"images": torch.cat(batches), "labels": part["labels"]}
+        features[split] = {"images": torch.cat(batches), "labels": part["labels"].repeat(1 + views)}
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     save_atomically(features, cache_file)
     return features
@@ -597,7 +624,7 @@ def build_model(config, backbone_weights=None):
     if config["arch"] == "vggnet":
         return VGGNet(width=config["width"], dropout=config["dropout"])
     if config["arch"] in HEAD_ATTRIBUTE:
-        model = TransferNet(config["arch"], config["input_size"])
+        model = TransferNet(config["arch"], config["input_size"], config.get("feature_block"))
         if backbone_weights is not None:
             load_backbone_weights(model, backbone_weights, config["weights_path"] or config["weights"])
         convert_to_grayscale(model)

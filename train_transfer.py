@@ -42,6 +42,10 @@ def parse_config():
     parser.add_argument("--input-size", type=int, default=96, help="images are upsampled to this size: 96 ends "
                         "the stride-32 networks on a 3x3 feature map instead of 2x2 (default: %(default)s)")
     parser.add_argument("--unfreeze", help="finetune: how many top backbone blocks train, or 'all'")
+    parser.add_argument("--feature-block", type=int, help="feature: take the features after this many backbone "
+                        "blocks (mobilenet_v2 has 19, the others 5), into a small head (default: the whole backbone)")
+    parser.add_argument("--views", type=int, default=0, help="feature: also cache the features of this many "
+                        "randomly augmented views of every training image (default: %(default)s)")
     parser.add_argument("--backbone-lr-scale", type=float, help="backbone learning rate / head learning rate "
                         "(default: 0.1 from pretrained weights, 1 from scratch)")
     args = parser.parse_args()
@@ -50,6 +54,8 @@ def parse_config():
             setattr(args, key, value)
     if args.mode == "feature" and args.unfreeze != "0":
         parser.error("--mode feature trains the head only: leave out --unfreeze")
+    if args.mode == "finetune" and (args.feature_block or args.views):
+        parser.error("--feature-block and --views are for --mode feature")
     if args.weights_path and args.weights == "none":
         parser.error("--weights none and --weights-path contradict each other: choose one")
     if args.weights_path:

@@ -119,6 +119,39 @@ def test_cached_features_equal_the_backbone_output_and_the_head_learns_from_them
 
 
 @pytest.mark.parametrize("arch", ARCHS)
+def test_running_every_block_in_order_reproduces_the_backbone(arch):
+    """--feature-block N runs the first N blocks by hand; with all of them, pooling their map must give
+    exactly what the whole torchvision backbone gives."""
+    whole = fer.build_model(transfer_config(arch)).eval()
+    blocks = len(whole.blocks())
+    tapped = fer.build_model(transfer_config(arch, feature_block=blocks)).eval()
+    tapped.backbone.load_state_dict(whole.backbone.state_dict())
+    images = torch.rand(2, 1, 48, 48)
+    with torch.no_grad():
+        assert torch.allclose(tapped.features(images).mean((2, 3)), whole.features(images), atol=1e-5)
+
+
+def test_features_of_an_earlier_block_and_augmented_views_are_cached_and_train_a_head(kaggle_folder, tmp_path):
+    config = transfer_config(unfreeze="0", feature_block=13, views=2, epochs=1, batch_size=8)
+    model = fer.build_model(config)
+    data = fer.load_fer2013(kaggle_folder)
+    features = fer.cached_features(model, data, config)
+    train, plain = features["train"]["images"], data["train"]["images"]
+    assert train.shape == (3 * 42, 96, 4, 4)  # 64-px input: block 13 has 96 channels at stride 16
+    assert torch.equal(features["train"]["labels"], data["train"]["labels"].repeat(3))
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(train[:42], model.features(plain.unsqueeze(1).float() / 255), atol=1e-5)  # view 0: as is
+        difference = (train[42:84] - train[:42]).abs().max()  # the augmented views differ (random weights:
+        assert difference > 0.05 * train[:42].abs().max()   # tiny activations, so relative to their size)
+        # the head alone on cached features = the whole model on the images
+        assert torch.allclose(model(features["val"]["images"]), model(data["val"]["images"].unsqueeze(1).float() / 255),
+                              atol=1e-4)
+    fer.train(model, features, config, tmp_path)
+    assert (tmp_path / "best.pt").exists()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
 def test_each_architecture_runs_a_training_step(arch, kaggle_folder, tmp_path):
     config = transfer_config(arch, epochs=1, batch_size=4, input_size=48)
     data = fer.load_fer2013(kaggle_folder)
