@@ -87,8 +87,9 @@ finetune: data  ## fine-tune ARCH from ImageNet weights (ARGS='--weights none' f
 	$(PYTHON) evaluate.py --run "$$run"
 
 # The transfer curve: MobileNetV2 from ImageNet with its top k blocks training, the rest frozen, at one
-# budget (EPOCHS, default 8), on all and on a stratified 10% of the training images, beside the baseline
-# CNN on the same 10%; then its table and chart (docs/curve.md, docs/curve.png).
+# budget (EPOCHS, default 6), on a stratified 10% and on all of the training images, beside the baseline
+# CNN on the same 10% (at the same epochs, and at its own recipe's); then its table and chart
+# (docs/curve.md, docs/curve.png).
 CURVE_K  ?= 0 1 2 4 7 12 19
 transfer-curve: data  ## train and evaluate every point of the transfer curve (hours), then its table and chart
 	for fraction in 0.1 1.0; do for k in $(CURVE_K); do \
@@ -96,8 +97,10 @@ transfer-curve: data  ## train and evaluate every point of the transfer curve (h
 	  $(TRAIN) train_transfer.py --run-dir "$$run" --arch mobilenet_v2 --mode finetune --unfreeze $$k $(WEIGHTS) \
 	    --epochs $(or $(EPOCHS),6) --train-fraction $$fraction $(ARGS) && \
 	  $(PYTHON) evaluate.py --single-view --run "$$run" || exit 1; done; done
-	run=runs/$(STAMP)-curve-baseline-data0.1 && \
-	$(TRAIN) train_baseline.py --run-dir "$$run" --train-fraction 0.1 && $(PYTHON) evaluate.py --single-view --run "$$run"
+	for epochs in $(or $(EPOCHS),6) ""; do \
+	  run=runs/$(STAMP)-curve-baseline$${epochs:+-$${epochs}ep}-data0.1 && \
+	  $(TRAIN) train_baseline.py --run-dir "$$run" --train-fraction 0.1 $${epochs:+--epochs $$epochs} && \
+	  $(PYTHON) evaluate.py --single-view --run "$$run" || exit 1; done
 	$(PYTHON) compare.py --curve --runs runs/*-curve-*
 
 compare: $(VENV)  ## table (docs/compare.md) and bar chart (docs/compare.png) of the evaluated runs

@@ -83,7 +83,7 @@ def curve_chart(rows, path):
         if row["unfreeze"] is None:
             axes.axhline(100 * row["accuracy"], linestyle="--", color="gray", alpha=0.7)
             axes.text(0, 100 * row["accuracy"] + 0.4, f"{row['model']} from scratch, {row['train_fraction']:.0%} of "
-                      f"the data ({row['minutes']:.0f} min)", fontsize=7, color="gray")
+                      f"the data, {row['epochs']} epochs ({row['minutes']:.0f} min)", fontsize=7, color="gray")
     axes.set(xlabel="k: top backbone blocks that train (0 = feature extraction, 19 = all)",
              ylabel="PrivateTest accuracy (%)", title="Feature extraction to full fine-tuning (2 CPU cores)")
     axes.set_xticks(sorted({trained_blocks(row) for row in transfer}) or [0])
@@ -152,6 +152,9 @@ def main():
         runs = list(newest.values())
     if not runs:
         raise SystemExit("error: no evaluated runs under runs/: train and evaluate some first (make baseline)")
+    for run_dir in runs:
+        if not (run_dir / "eval_test.json").is_file():
+            raise SystemExit(f"error: {run_dir} has no eval_test.json: evaluate it first (python evaluate.py --run {run_dir})")
     rows = [summarise(run_dir) for run_dir in runs]
     args.out.mkdir(parents=True, exist_ok=True)
     if args.curve:
