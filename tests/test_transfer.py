@@ -166,14 +166,14 @@ def test_train_transfer_cli_feature_mode_writes_a_run_that_evaluate_reads(kaggle
     assert result.returncode == 0, result.stderr
     [run_dir] = (tmp_path / "runs").iterdir()
     config = json.loads((run_dir / "config.json").read_text())
-    assert (config["mode"], config["weights"], config["unfreeze"]) == ("feature", "imagenet", "0")
+    assert (config["mode"], config["weights"], config["unfreeze"], config["feature_block"]) == ("feature", "imagenet", "0", 13)
     result = run_script("evaluate.py", "--run", str(run_dir), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert json.loads((run_dir / "eval_test.json").read_text())["images"] == 14
     result = run_script("compare.py", "--out", str(tmp_path / "docs"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     table = (tmp_path / "docs" / "compare.md").read_text()
-    assert "| mobilenet_v2 48px | feature extraction | ImageNet (torchvision) |" in table and "8,967" in table
+    assert "| mobilenet_v2 48px | feature extraction | ImageNet (torchvision) |" in table and "20,615" in table  # block 13's 96x3x3 map at 48 px
     assert (tmp_path / "docs" / "compare.png").exists() and (tmp_path / "docs" / "time_to_accuracy.png").exists()
 
 
@@ -184,6 +184,12 @@ def test_train_transfer_without_weights_says_how_to_get_them(kaggle_folder, tmp_
                         HTTPS_PROXY="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "--weights-path" in result.stderr and "--weights none" in result.stderr
+
+
+def test_a_feature_block_the_network_does_not_have_is_refused(kaggle_folder, tmp_path):
+    result = run_script("train_transfer.py", "--data", str(kaggle_folder), "--mode", "feature", "--arch", "resnet18",
+                        "--feature-block", "6", cwd=tmp_path)
+    assert result.returncode == 2 and "resnet18 has blocks 1 to 5" in result.stderr
 
 
 def test_weights_none_and_a_weights_file_together_are_refused(kaggle_folder, tmp_path):
