@@ -48,7 +48,7 @@ def parse_config():
                         "the stride-32 networks on a 3x3 feature map instead of 2x2 (default: %(default)s)")
     parser.add_argument("--unfreeze", help="finetune: how many top backbone blocks train, or 'all'")
     parser.add_argument("--feature-block", type=int, help="feature: take the features after this many backbone "
-                        "blocks (mobilenet_v2 has 19, the others 5), into a small head 0: the whole "
+                        "blocks (mobilenet_v2 has 19, the others 5), into a small head; 0: the whole "
                         "backbone, pooled, into a linear head (default: 13 for mobilenet_v2, else 0)")
     parser.add_argument("--views", type=int, default=0, help="feature: also cache the features of this many "
                         "randomly augmented views of every training image (default: %(default)s)")
