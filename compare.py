@@ -49,12 +49,12 @@ def summarise(run_dir):
         "macro_f1": report["macro_f1"], "best_val": max(row["val_acc"] for row in history), "trainable": fer.count_parameters(fer.build_model(config), trainable_only=True),
         "epochs": len(history), "images_per_s": sum(row["images_per_s"] for row in history) / len(history),
         "minutes": (history[-1]["elapsed_s"] + extraction_s) / 60,
-        "unfreeze": config.get("unfreeze"), "train_fraction": config.get("train_fraction", 1.0)}
+        "unfreeze": config.get("unfreeze"), "blocks": fer.BLOCKS.get(config["arch"]), "train_fraction": config.get("train_fraction", 1.0)}
 
 
 def trained_blocks(row):
-    """k, the number of top backbone blocks that trained (all of MobileNetV2's 19 for "all")."""
-    return 19 if row["unfreeze"] == "all" else int(row["unfreeze"])
+    """k, the number of top backbone blocks that trained (all of them for "all")."""
+    return row["blocks"] if row["unfreeze"] == "all" else int(row["unfreeze"])
 
 
 def curve_table(rows):

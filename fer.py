@@ -434,6 +434,8 @@ class VGGNet(nn.Module):
 IMAGENET_MEAN, IMAGENET_STD = 0.449, 0.226
 # The attribute holding each torchvision network's ImageNet classifier, which we replace.
 HEAD_ATTRIBUTE = {"resnet18": "fc", "vgg16": "classifier", "mobilenet_v2": "classifier"}
+# How many blocks TransferNet.blocks() splits each backbone into (--unfreeze and --feature-block count them).
+BLOCKS = {"resnet18": 5, "vgg16": 5, "mobilenet_v2": 19}
 
 
 class TransferNet(nn.Module):
@@ -495,6 +497,15 @@ class TransferNet(nn.Module):
                     stages, stage = stages + [stage], []
             return stages
         return [[block] for block in net.features]  # mobilenet_v2: 19 blocks
+
+    def drop_unused_blocks(self):
+        """With --feature-block N the blocks above N never run: replace them by nothing, so that they
+        neither fill the checkpoint (MobileNetV2 above block 13: 2 M parameters) nor count as the model's size."""
+        names = {module: name for name, module in self.backbone.named_modules()}
+        for block in self.blocks()[self.feature_block:]:
+            for layer in block:
+                parent, _, attribute = names[layer].rpartition(".")
+                setattr(self.backbone.get_submodule(parent), attribute, nn.Identity())
 
     def freeze(self, unfreeze):
         """Train only the head and the top `unfreeze` blocks ("all": every block)."""
@@ -627,6 +638,8 @@ def build_model(config, backbone_weights=None):
         model = TransferNet(config["arch"], config["input_size"], config.get("feature_block"))
         if backbone_weights is not None:
             load_backbone_weights(model, backbone_weights, config["weights_path"] or config["weights"])
+        if model.feature_block:
+            model.drop_unused_blocks()
         convert_to_grayscale(model)
         model.freeze(config["unfreeze"])
         return model
@@ -897,8 +910,8 @@ def view_probabilities(model, images, device, amp=False, tta=False, batch_size=5
     for start in range(0, len(images), batch_size):
         batch = as_model_input(images[start:start + batch_size].to(device))
         with autocast(device, amp):
-            probabilities.append(torch.stack([model(view).float().softmax(1).cpu()
-                                              for view in test_time_views(batch, tta)]))
+            probabilities.append(torch.stack([model(view).float().softmax(1)
+                                              for view in test_time_views(batch, tta)]).cpu())
     return torch.cat(probabilities, dim=1)
 
 

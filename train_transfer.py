@@ -64,7 +64,7 @@ def parse_config():
         parser.error("--feature-block and --views are for --mode feature")
     if args.mode == "feature" and args.feature_block is None:
         args.feature_block = FEATURE_BLOCK.get(args.arch, 0)
-    blocks = {"mobilenet_v2": 19, "resnet18": 5, "vgg16": 5}[args.arch]
+    blocks = fer.BLOCKS[args.arch]
     if args.feature_block is not None and not 0 <= args.feature_block <= blocks:
         parser.error(f"--feature-block {args.feature_block}: {args.arch} has blocks 1 to {blocks} (0: the whole backbone)")
     if args.weights_path and args.weights == "none":

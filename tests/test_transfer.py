@@ -124,11 +124,20 @@ def test_running_every_block_in_order_reproduces_the_backbone(arch):
     exactly what the whole torchvision backbone gives."""
     whole = fer.build_model(transfer_config(arch)).eval()
     blocks = len(whole.blocks())
+    assert blocks == fer.BLOCKS[arch]  # the count train_transfer.py checks --feature-block against
     tapped = fer.build_model(transfer_config(arch, feature_block=blocks)).eval()
     tapped.backbone.load_state_dict(whole.backbone.state_dict())
     images = torch.rand(2, 1, 48, 48)
     with torch.no_grad():
         assert torch.allclose(tapped.features(images).mean((2, 3)), whole.features(images), atol=1e-5)
+
+
+def test_blocks_above_the_feature_block_are_left_out_of_the_model():
+    whole = fer.build_model(transfer_config())
+    tapped = fer.build_model(transfer_config(feature_block=13))
+    assert not any(key.startswith(("backbone.features.13.", "backbone.features.18.")) for key in tapped.state_dict())
+    kept = sum(p.numel() for block in whole.blocks()[:13] for layer in block for p in layer.parameters())
+    assert fer.count_parameters(tapped) == kept + fer.count_parameters(tapped.head)
 
 
 def test_features_of_an_earlier_block_and_augmented_views_are_cached_and_train_a_head(kaggle_folder, tmp_path):
