@@ -32,7 +32,7 @@ help:  ## list the targets and their variables
 	@echo "  ARCHIVE=file           for make data: a downloaded archive.zip, fer2013.zip, fer2013.csv or .tar.gz"
 	@echo "  ARCH=$(ARCH)       for feature-extract/finetune: mobilenet_v2, resnet18 or vgg16"
 	@echo "  EPOCHS=n               training epochs (default: the script's recipe)"
-	@echo "  ARGS='...'             more flags for the script, e.g. ARGS='--batch-norm --lr 1e-3'"
+	@echo "  ARGS='...'             more flags for the script, e.g. ARGS='--seed 1 --lr 1e-3'"
 	@echo "  RUN=runs/DIR           run folder for evaluate (default: newest, now $(or $(RUN),none)) and release;"
 	@echo "                         for gradcam, predict, export (default: runs/release, the released model)"
 	@echo "  IMAGES='a.jpg clips/'  photos, videos and folders for predict"

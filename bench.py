@@ -208,7 +208,7 @@ def main():
                      f"{gflops:.0f} GFLOP/s = {gflops / fp32:.0%} of fp32 / {gflops / bf16:.0%} of bf16 matmul "
                      f"({flops / 1e6:.0f} MFLOP/img)"))
 
-    baseline = {"arch": "baseline", "width": 32, "batch_norm": False}
+    baseline = {"arch": "baseline", "width": 32}
     for layout, channels_last in (("NCHW", False), ("channels_last", True)):
         for precision, amp in (("float32", False), ("bf16 autocast", True)):
             for batch_size in (128, 256):

@@ -381,17 +381,14 @@ FER_MEAN, FER_STD = 0.508, 0.255
 
 class BaselineCNN(nn.Module):
     """The seed README's CNN: three conv -> ReLU -> max-pool blocks (32, 64, 128 channels),
-    then Flatten -> Dropout(0.5) -> FC(512) -> ReLU -> Dropout(0.5) -> FC(7).
-    `batch_norm` and `width` are opt-in variants; the defaults are the seed's network."""
+    then Flatten -> Dropout(0.5) -> FC(512) -> ReLU -> Dropout(0.5) -> FC(7). `width` (the channels
+    of the first conv) makes tiny test models; its default is the seed's network."""
 
-    def __init__(self, num_classes=len(EMOTIONS), width=32, batch_norm=False):
+    def __init__(self, num_classes=len(EMOTIONS), width=32):
         super().__init__()
         layers, channels = [], 1
         for out_channels in (width, 2 * width, 4 * width):
-            layers.append(nn.Conv2d(channels, out_channels, 3, padding=1, bias=not batch_norm))
-            if batch_norm:
-                layers.append(nn.BatchNorm2d(out_channels))
-            layers += [nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            layers += [nn.Conv2d(channels, out_channels, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
             channels = out_channels
         self.features = nn.Sequential(*layers)
         side = IMAGE_SIZE // 8  # three 2x2 poolings: 48 -> 6
@@ -631,7 +628,7 @@ def build_model(config, backbone_weights=None):
     """Rebuild a model from a run's config: the only place that maps settings to a network.
     `backbone_weights`: a pretrained torchvision state dict to start a transfer model from."""
     if config["arch"] == "baseline":
-        return BaselineCNN(width=config["width"], batch_norm=config["batch_norm"])
+        return BaselineCNN(width=config["width"])
     if config["arch"] == "vggnet":
         return VGGNet(width=config["width"], dropout=config["dropout"])
     if config["arch"] in HEAD_ATTRIBUTE:

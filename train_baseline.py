@@ -36,7 +36,6 @@ def main():
     parser.add_argument("--arch", choices=sorted(RECIPES), default="baseline", help="(default: %(default)s)")
     fer.add_training_arguments(parser, **RECIPES[parser.parse_known_args()[0].arch])
     parser.add_argument("--width", type=int, help="channels of the first conv (default: %(default)s)")
-    parser.add_argument("--batch-norm", action="store_true", help="baseline: add BatchNorm after each conv (a variant)")
     parser.add_argument("--dropout", type=float, default=0.3, help="vggnet: dropout before the classifier (default: %(default)s)")
     args = parser.parse_args()
 

@@ -22,7 +22,7 @@ def test_the_curve_has_one_row_per_point_ordered_by_data_share_then_k(tmp_path):
     runs = [write_run(tmp_path / "k19", 0.66, 50, unfreeze="all", **transfer),
             write_run(tmp_path / "k0", 0.47, 10, unfreeze="0", **transfer),
             write_run(tmp_path / "k2-10pct", 0.40, 3, unfreeze="2", train_fraction=0.1, **transfer),
-            write_run(tmp_path / "baseline-10pct", 0.45, 1, arch="baseline", width=32, batch_norm=False,
+            write_run(tmp_path / "baseline-10pct", 0.45, 1, arch="baseline", width=32,
                       train_fraction=0.1)]
     result = run_script("compare.py", "--curve", "--runs", *map(str, runs), "--out", str(tmp_path / "out"),
                         cwd=tmp_path)

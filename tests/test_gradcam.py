@@ -105,9 +105,9 @@ def test_a_network_with_frozen_weights_gets_the_same_maps():
 
 
 def test_the_default_target_is_the_last_conv_after_its_relu():
-    plain, normalised = fer.BaselineCNN(width=8), fer.BaselineCNN(width=8, batch_norm=True)
+    plain, normalised = fer.BaselineCNN(width=8), fer.VGGNet(width=8)
     assert fer.last_conv_layer(plain) is plain.features[7]  # conv 6 -> ReLU 7
-    assert fer.last_conv_layer(normalised) is normalised.features[10]  # conv 8 -> BatchNorm 9 -> ReLU 10
+    assert fer.last_conv_layer(normalised) is normalised.features[26]  # conv 24 -> BatchNorm 25 -> ReLU 26
     no_relu = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Conv2d(2, 2, 3), nn.Flatten(), nn.LazyLinear(7))
     assert fer.last_conv_layer(no_relu) is no_relu[1]
 

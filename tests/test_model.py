@@ -16,10 +16,9 @@ def test_baseline_maps_48x48_faces_to_7_logits_with_the_seed_parameter_count():
     assert sum(isinstance(m, nn.Dropout) and m.p == 0.5 for m in model.modules()) == 2
 
 
-def test_batch_norm_and_width_are_explicit_variants():
-    model = fer.build_model({"arch": "baseline", "width": 16, "batch_norm": True})
-    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 3
-    assert model.features[0].out_channels == 16
+def test_width_sets_the_channels_of_every_conv():
+    model = fer.build_model({"arch": "baseline", "width": 16})
+    assert [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)] == [16, 32, 64]
     assert model(torch.rand(2, 1, 48, 48)).shape == (2, 7)
 
 
