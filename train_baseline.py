@@ -36,6 +36,10 @@ def main():
     parser.add_argument("--arch", choices=sorted(RECIPES), default="baseline", help="(default: %(default)s)")
     fer.add_training_arguments(parser, **RECIPES[parser.parse_known_args()[0].arch])
     parser.add_argument("--width", type=int, help="channels of the first conv (default: %(default)s)")
+    parser.add_argument("--convs", type=int, nargs=4, default=[2, 2, 2, 2], metavar="N",
+                        help="vggnet: 3x3 convs in each of the four stages (default: 2 2 2 2)")
+    parser.add_argument("--residual", action="store_true", help="vggnet: a shortcut around each stage of two "
+                        "or more convs (ResNet blocks)")
     parser.add_argument("--dropout", type=float, default=0.3, help="vggnet: dropout before the classifier (default: %(default)s)")
     args = parser.parse_args()
 
