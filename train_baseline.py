@@ -26,6 +26,8 @@ RECIPES = {
     #   AdamW lr 2e-3 instead of SGD: -> 63.81% (+1.54; at 22 epochs see README);
     #   no label smoothing: -> 62.55% (+0.28, noise), kept;  class weights: -> 57.09%, not kept;
     #   random erasing (--erase 0.5): -> 62.22%, not kept;  mixup (--mixup 0.2): -> 61.41%, not kept.
+    # One conv in the first stage (--convs 1 2 2 2) trains 23% faster: 28 epochs in 28.5 min give 68.38%
+    # PrivateTest, the best within 30 minutes (VGGNet, 22 epochs: 67.57%); the 40-epoch default stays as it is.
     "vggnet": dict(epochs=40, batch_size=128, optimizer="sgd", lr=0.05, weight_decay=5e-4, schedule="cosine",
                    warmup=0.05, label_smoothing=0.1, width=32, ema=0.999),
 }
@@ -38,8 +40,6 @@ def main():
     parser.add_argument("--width", type=int, help="channels of the first conv (default: %(default)s)")
     parser.add_argument("--convs", type=int, nargs=4, default=[2, 2, 2, 2], metavar="N",
                         help="vggnet: 3x3 convs in each of the four stages (default: 2 2 2 2)")
-    parser.add_argument("--residual", action="store_true", help="vggnet: a shortcut around each stage of two "
-                        "or more convs (ResNet blocks)")
     parser.add_argument("--dropout", type=float, default=0.3, help="vggnet: dropout before the classifier (default: %(default)s)")
     args = parser.parse_args()
 

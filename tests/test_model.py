@@ -46,24 +46,12 @@ def test_vggnet_maps_48x48_faces_to_7_logits_with_its_parameter_count():
     assert fer.build_model({"arch": "vggnet", "width": 8, "dropout": 0.3})(torch.rand(1, 1, 48, 48)).shape == (1, 7)
 
 
-def test_vggnet_stage_convs_and_residual_blocks():
-    config = {"arch": "vggnet", "width": 32, "dropout": 0.3, "convs": [1, 2, 2, 2]}
-    lite = fer.build_model(config)
-    assert sum(isinstance(m, nn.Conv2d) for m in lite.modules()) == 7
+def test_vggnet_convs_sets_the_convs_of_each_stage():
+    lite = fer.build_model({"arch": "vggnet", "width": 32, "dropout": 0.3, "convs": [1, 2, 2, 2]})
+    assert lite(torch.rand(2, 1, 48, 48)).shape == (2, 7)
+    assert [m.out_channels for m in lite.modules() if isinstance(m, nn.Conv2d)] == [32, 64, 64, 128, 128, 256, 256]
     # one conv fewer than VGGNet: the first stage's 32 -> 32 (3x3, no bias) and its BatchNorm
     assert fer.count_parameters(lite) == 1_174_439 - (9 * 32 * 32 + 2 * 32)
-    residual = fer.build_model(dict(config, residual=True))
-    assert residual(torch.rand(2, 1, 48, 48)).shape == (2, 7)
-    blocks = [m for m in residual.modules() if isinstance(m, fer.ResidualBlock)]
-    assert len(blocks) == 3  # the one-conv first stage has no shortcut
-    # each block adds a 1x1 conv (no bias) + BatchNorm on its shortcut, where the width doubles
-    assert fer.count_parameters(residual) == fer.count_parameters(lite) + sum(
-        c * 2 * c + 2 * (2 * c) for c in (32, 64, 128))
-    # the block's output is its input's shortcut plus the body, rectified
-    block, x = blocks[0].eval(), torch.randn(2, 32, 24, 24)
-    assert torch.allclose(block(x), torch.relu(block.body(x) + block.shortcut(x)))
-    # Grad-CAM's default target is the last block's output (after the addition and its ReLU)
-    assert fer.last_conv_layer(residual) is blocks[-1].relu
 
 
 def test_random_erasing_fills_one_rectangle_per_chosen_image_with_the_mean_gray():
