@@ -46,6 +46,8 @@ def training_command(config):
             words += [] if value else [f"--no-{key.replace('_', '-')}"]
         elif isinstance(value, bool):
             words += [flag] if value else []
+        elif isinstance(value, list):  # nargs options, e.g. --convs 1 2 2 2
+            words += [flag] + [shlex.quote(str(item)) for item in value]
         else:
             words += [flag, shlex.quote(str(value))]
     return " ".join(words)
