@@ -54,6 +54,14 @@ def test_vggnet_convs_sets_the_convs_of_each_stage():
     assert fer.count_parameters(lite) == 1_174_439 - (9 * 32 * 32 + 2 * 32)
 
 
+def test_vggnet_keeps_the_edges_of_a_40_pixel_crop():
+    # 40 -> 20 -> 10 -> 5 -> 3: the last pooling keeps the fifth row and column, as a 48x48 face's
+    # 6 -> 3 keeps all six; dropping them made a network trained on --crop 40 fail on whole faces.
+    model = fer.build_model({"arch": "vggnet", "width": 8, "dropout": 0.3})
+    assert model.features(torch.rand(1, 1, 40, 40)).shape[-2:] == (3, 3)
+    assert model.features(torch.rand(1, 1, 48, 48)).shape[-2:] == (3, 3)
+
+
 def test_random_erasing_fills_one_rectangle_per_chosen_image_with_the_mean_gray():
     images = torch.zeros(64, 1, 48, 48)
     erased = fer.erase_random_rectangles(images, probability=0.5, generator=torch.Generator().manual_seed(0))
