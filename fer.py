@@ -678,11 +678,18 @@ def learning_rate(config, step, total_steps, plateau_factor):
 def make_optimizer(model, config):
     """AdamW or SGD over the trainable parameters. A pretrained backbone learns at
     `backbone_lr_scale` times the head's rate: fine-tuning adapts its features without
-    wrecking them while the new head is still random."""
+    wrecking them while the new head is still random. With `layer_decay` d instead, block k
+    from the top learns at d**k times the head's rate (layer-wise decay): the low-level
+    filters, the most generic, move least."""
     trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     backbone = [p for name, p in trainable if name.startswith("backbone.")]
     groups = [{"params": [p for name, p in trainable if not name.startswith("backbone.")], "lr_scale": 1.0}]
-    if backbone:
+    if backbone and config.get("layer_decay"):
+        for k, block in enumerate(reversed(model.blocks()), start=1):
+            params = [p for layer in block for p in layer.parameters() if p.requires_grad]
+            if params:
+                groups.append({"params": params, "lr_scale": config["layer_decay"] ** k})
+    elif backbone:
         groups.append({"params": backbone, "lr_scale": config["backbone_lr_scale"]})
     if config["optimizer"] == "sgd":
         return torch.optim.SGD(groups, lr=config["lr"], momentum=0.9, nesterov=True,

@@ -26,6 +26,7 @@ import fer
 # Feature extraction trains a linear head on fixed features: big batches, a high rate, many cheap epochs.
 # Fine-tuning moves 2M+ pretrained weights on augmented images: each epoch costs minutes on a CPU.
 # MobileNetV2 from ImageNet, PrivateTest: 8 epochs 63.22% (below the baseline's 65.23%), 24 epochs 66.87%.
+# Layer-wise decay (--layer-decay 0.8) instead of one backbone rate: 6 epochs, best PublicTest 60.49% -> 62.25%.
 MODE_DEFAULTS = {"feature": dict(epochs=30, batch_size=256, lr=3e-3, unfreeze="0"),
                  "finetune": dict(epochs=24, batch_size=64, lr=1e-3, unfreeze="all")}
 # Feature extraction from MobileNetV2 (PrivateTest, block chosen on PublicTest; README "Feature extraction
@@ -54,6 +55,8 @@ def parse_config():
                         "randomly augmented views of every training image (default: %(default)s)")
     parser.add_argument("--backbone-lr-scale", type=float, help="backbone learning rate / head learning rate "
                         "(default: 0.1 from pretrained weights, 1 from scratch)")
+    parser.add_argument("--layer-decay", type=float, default=0.0, help="finetune: block k from the top learns at "
+                        "this ** k times the head's rate, instead of --backbone-lr-scale; 0 = off (default: %(default)s)")
     args = parser.parse_args()
     for key, value in MODE_DEFAULTS[args.mode].items():
         if getattr(args, key) is None:
@@ -67,6 +70,8 @@ def parse_config():
     blocks = fer.BLOCKS[args.arch]
     if args.feature_block is not None and not 0 <= args.feature_block <= blocks:
         parser.error(f"--feature-block {args.feature_block}: {args.arch} has blocks 1 to {blocks} (0: the whole backbone)")
+    if args.layer_decay and args.backbone_lr_scale is not None:
+        parser.error("--layer-decay sets each block's learning rate: leave out --backbone-lr-scale")
     if args.weights_path and args.weights == "none":
         parser.error("--weights none and --weights-path contradict each other: choose one")
     if args.weights_path:

@@ -38,6 +38,16 @@ def torch_home(tmp_path, monkeypatch):
     return checkpoints
 
 
+def test_layer_decay_gives_each_block_its_own_rate_from_the_top_down():
+    model = fer.build_model(transfer_config(unfreeze="2", layer_decay=0.5))
+    groups = fer.make_optimizer(model, transfer_config(layer_decay=0.5)).param_groups
+    assert [group["lr_scale"] for group in groups] == [1.0, 0.5, 0.25]  # the head, block 19, block 18
+    blocks = model.blocks()
+    assert groups[1]["params"] == list(blocks[-1][0].parameters())
+    assert groups[2]["params"] == list(blocks[-2][0].parameters())
+    assert groups[0]["params"] == list(model.head.parameters())
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_imagenet_weights_come_from_torch_home_and_the_head_has_7_outputs(arch, torch_home):
     state = fer.imagenet_weights(arch)
