@@ -39,8 +39,9 @@ def torch_home(tmp_path, monkeypatch):
 
 
 def test_layer_decay_gives_each_block_its_own_rate_from_the_top_down():
-    model = fer.build_model(transfer_config(unfreeze="2", layer_decay=0.5))
-    groups = fer.make_optimizer(model, transfer_config(layer_decay=0.5)).param_groups
+    config = transfer_config(unfreeze="2", layer_decay=0.5)
+    model = fer.build_model(config)
+    groups = fer.make_optimizer(model, config).param_groups
     assert [group["lr_scale"] for group in groups] == [1.0, 0.5, 0.25]  # the head, block 19, block 18
     blocks = model.blocks()
     assert groups[1]["params"] == list(blocks[-1][0].parameters())
