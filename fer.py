@@ -444,7 +444,7 @@ BLOCKS = {"resnet18": 5, "vgg16": 5, "mobilenet_v2": 19}
 
 
 class TransferNet(nn.Module):
-    """A torchvision ImageNet network for FER: images upsampled to `input_size`, a 1-channel
+    """A torchvision ImageNet network for FER: 48x48 faces upsampled to `input_size`, a 1-channel
     first conv, the ImageNet classifier replaced by global average pooling -> Dropout -> FC(7).
 
     At 48x48 the stock networks (stride 32) end on a 2x2 feature map, too coarse for faces;
@@ -475,7 +475,10 @@ class TransferNet(nn.Module):
                                       nn.Flatten(), nn.Dropout(0.5), nn.Linear(128 * height * width, len(EMOTIONS)))
 
     def features(self, images):
-        images = F.interpolate(images, size=self.input_size, mode="bilinear", align_corners=False)
+        # Upsampled by input_size / 48, the face's scale: a 48x48 face becomes input_size pixels, and a
+        # 40x40 training crop (--crop 40) a smaller image of the same scale, not a zoomed-in face.
+        size = [round(side * self.input_size / 48) for side in images.shape[-2:]]
+        images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
         images = (images - IMAGENET_MEAN) / IMAGENET_STD
         if not self.feature_block:
             return self.backbone(images)

@@ -61,6 +61,14 @@ def test_imagenet_weights_come_from_torch_home_and_the_head_has_7_outputs(arch, 
     assert torch.allclose(conv.weight, 3 * state[f"{name}.weight"].mean(1, keepdim=True), atol=1e-6)
 
 
+def test_a_training_crop_is_upsampled_at_the_face_scale_not_to_the_input_size():
+    # block 1 of mobilenet_v2 halves the side: 48 -> 96 -> 48, and a 40x40 crop 40 -> 80 -> 40 (RGB: no
+    # grayscale first conv without build_model)
+    model = fer.TransferNet("mobilenet_v2", input_size=96, feature_block=1)
+    assert model.features(torch.rand(2, 3, 48, 48)).shape[-2:] == (48, 48)
+    assert model.features(torch.rand(2, 3, 40, 40)).shape[-2:] == (40, 40)
+
+
 def test_grayscale_conv_gives_the_rgb_conv_output_of_the_gray_image_repeated():
     rgb = stand_in_weights("resnet18")
     model = fer.TransferNet("resnet18")
@@ -210,6 +218,12 @@ def test_a_feature_block_the_network_does_not_have_is_refused(kaggle_folder, tmp
     result = run_script("train_transfer.py", "--data", str(kaggle_folder), "--mode", "feature", "--arch", "resnet18",
                         "--feature-block", "6", cwd=tmp_path)
     assert result.returncode == 2 and "resnet18 has blocks 1 to 5" in result.stderr
+
+
+def test_crops_in_feature_extraction_are_refused_since_cached_features_would_ignore_them(kaggle_folder, tmp_path):
+    result = run_script("train_transfer.py", "--data", str(kaggle_folder), "--mode", "feature", "--crop", "40",
+                        cwd=tmp_path)
+    assert result.returncode == 2 and "use --views" in result.stderr
 
 
 def test_weights_none_and_a_weights_file_together_are_refused(kaggle_folder, tmp_path):
