@@ -4,7 +4,7 @@ shared machines vary by 3x): the data pipeline, a full training step per model a
 evaluation, and predict.py on a folder of face crops and on a video. Prints a table and writes
 bench.json.
 
-    python bench.py            # about two minutes
+    python bench.py            # about three minutes
     python bench.py --quick    # a few seconds per row
 
 Achieved GFLOP/s uses the FLOPs that torch.utils.flop_counter counts for one forward and
