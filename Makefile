@@ -36,6 +36,8 @@ help:  ## list the targets and their variables
 	@echo "  RUN=runs/DIR           run folder for evaluate (default: newest, now $(or $(RUN),none)) and release;"
 	@echo "                         for gradcam, predict, export (default: runs/release, the released model)"
 	@echo "  IMAGES='a.jpg clips/'  photos, videos and folders for predict"
+	@echo "  RUNS='runs/A runs/B'   for ensemble: the runs whose probabilities it averages"
+	@echo "  CURVE_K='$(CURVE_K)'  for transfer-curve: the numbers of top blocks that train"
 	@echo "  NPROC=n                training processes, launched with torchrun when n > 1 (default: 1)"
 
 install: $(VENV)  ## create .venv and install requirements.txt (again only when it changes)
