@@ -52,9 +52,9 @@ def explain(model, images, layer, device, batch_size=256):
 
 
 def show(axes, face, cam, title):
-    axes.imshow(face, cmap="gray")  # contrast-stretched: the blurry mean faces need it
+    axes.imshow(face.numpy(), cmap="gray")  # contrast-stretched: the blurry mean faces need it
     if cam is not None:
-        axes.imshow(cam, cmap="jet", alpha=0.4, vmin=0, vmax=1)
+        axes.imshow(cam.numpy(), cmap="jet", alpha=0.4, vmin=0, vmax=1)
     axes.set_title(title, fontsize=8)
     axes.axis("off")
 
@@ -94,7 +94,7 @@ def plot_class_means(images, labels, probabilities, cams, title, path):
             axes[1, label].axis("off")
             continue
         mean_cam, mean_face = cams[members].mean(0), images[labels == label].float().mean(0)
-        axes[0, label].imshow(mean_cam, cmap="jet", vmin=0, vmax=1)
+        axes[0, label].imshow(mean_cam.numpy(), cmap="jet", vmin=0, vmax=1)
         axes[0, label].set_title(f"{emotion} (n={int(members.sum())})", fontsize=9)
         axes[0, label].axis("off")
         show(axes[1, label], mean_face, mean_cam, f"over the mean {emotion} face")
