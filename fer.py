@@ -469,7 +469,8 @@ class TransferNet(nn.Module):
             self.backbone.eval()  # measuring the map's shape must not touch BatchNorm statistics
             with torch.no_grad():
                 rgb_or_gray = first_conv(self.backbone)[1].in_channels
-                channels, height, width = self.features(torch.zeros(1, rgb_or_gray, 48, 48)).shape[1:]
+                face = torch.zeros(1, rgb_or_gray, IMAGE_SIZE, IMAGE_SIZE)
+                channels, height, width = self.features(face).shape[1:]
             self.backbone.train()
             self.head = nn.Sequential(nn.Conv2d(channels, 128, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU(),
                                       nn.Flatten(), nn.Dropout(0.5), nn.Linear(128 * height * width, len(EMOTIONS)))
@@ -477,7 +478,7 @@ class TransferNet(nn.Module):
     def features(self, images):
         # Upsampled by input_size / 48, the face's scale: a 48x48 face becomes input_size pixels, and a
         # 40x40 training crop (--crop 40) a smaller image of the same scale, not a zoomed-in face.
-        size = [round(side * self.input_size / 48) for side in images.shape[-2:]]
+        size = [round(side * self.input_size / IMAGE_SIZE) for side in images.shape[-2:]]
         images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
         images = (images - IMAGENET_MEAN) / IMAGENET_STD
         if not self.feature_block:

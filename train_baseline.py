@@ -26,7 +26,7 @@ RECIPES = {
     #   AdamW lr 2e-3 instead of SGD: -> 63.81% (+1.54; at 22 epochs see README);
     #   no label smoothing: -> 62.55% (+0.28, noise), kept;  class weights: -> 57.09%, not kept;
     #   random erasing (--erase 0.5): -> 62.22%, not kept;  mixup (--mixup 0.2): -> 61.41%, not kept;
-    #   random 40x40 crops (--crop 40): -> 61.49% in 26% less time, not kept (at 30 and 60 minutes a tie, README).
+    #   random 40x40 crops (--crop 40): -> 61.49% in 25% less time (7.4 min, 9.9), not kept (at 30 and 60 minutes a tie, README).
     # One conv in the first stage (--convs 1 2 2 2) trains 23% faster: 28 epochs in 28.5 min give 68.38%
     # PrivateTest, the best within 30 minutes (VGGNet, 22 epochs: 67.57%); the 40-epoch default stays as it is.
     "vggnet": dict(epochs=40, batch_size=128, optimizer="sgd", lr=0.05, weight_decay=5e-4, schedule="cosine",
