@@ -57,6 +57,9 @@ def parse_config():
                         "(default: 0.1 from pretrained weights, 1 from scratch)")
     parser.add_argument("--layer-decay", type=float, default=0.0, help="finetune: block k from the top learns at "
                         "this ** k times the head's rate, instead of --backbone-lr-scale; 0 = off (default: %(default)s)")
+    parser.add_argument("--gradual", type=int, default=0, help="finetune: gradual unfreezing, the top N blocks "
+                        "train in the first epoch and N more in each epoch after, up to --unfreeze; 0 = off "
+                        "(default: %(default)s)")
     args = parser.parse_args()
     for key, value in MODE_DEFAULTS[args.mode].items():
         if getattr(args, key) is None:
@@ -65,6 +68,8 @@ def parse_config():
         parser.error("--mode feature trains the head only: leave out --unfreeze")
     if args.mode == "feature" and (args.crop or args.erase):  # they act on images, in each training step
         parser.error("--crop and --erase do not reach cached features: use --views for augmented views")
+    if args.gradual and (args.mode == "feature" or fer.rank_and_world_size()[1] > 1):
+        parser.error("--gradual is for --mode finetune in one process (DDP fixes the trainable set at the start)")
     if args.mode == "finetune" and (args.feature_block or args.views):
         parser.error("--feature-block and --views are for --mode feature")
     if args.mode == "feature" and args.feature_block is None:
