@@ -22,7 +22,7 @@ STAMP    = $$(date +%Y%m%d-%H%M%S)
 EPOCHS_FLAG = $(if $(EPOCHS),--epochs $(EPOCHS))
 
 .DEFAULT_GOAL := help
-.PHONY: help install data baseline baseline-seed vggnet ensemble feature-extract finetune transfer-curve compare bench evaluate release test clean-cache
+.PHONY: help install data baseline baseline-seed vggnet ensemble choose-ensemble feature-extract finetune transfer-curve compare bench evaluate release test clean-cache
 
 help:  ## list the targets and their variables
 	@echo "targets:"
@@ -36,7 +36,7 @@ help:  ## list the targets and their variables
 	@echo "  RUN=runs/DIR           run folder for evaluate (default: newest, now $(or $(RUN),none)) and release;"
 	@echo "                         for gradcam, predict, export (default: runs/release, the released model)"
 	@echo "  IMAGES='a.jpg clips/'  photos, videos and folders for predict"
-	@echo "  RUNS='runs/A runs/B'   for ensemble: the runs whose probabilities it averages"
+	@echo "  RUNS='runs/A runs/B'   for ensemble: the runs whose probabilities it averages; for choose-ensemble: the candidates"
 	@echo "  CURVE_K='$(CURVE_K)'  for transfer-curve: the numbers of top blocks that train"
 	@echo "  NPROC=n                training processes, launched with torchrun when n > 1 (default: 1)"
 
@@ -70,6 +70,10 @@ RUNS     ?=
 ensemble: $(VENV)  ## evaluate the ensemble of RUNS (the mean of their probabilities) into a new runs/ folder
 	@test -n "$(RUNS)" || { echo "name the runs: make ensemble RUNS='runs/A runs/B'"; exit 1; }
 	$(PYTHON) evaluate.py $(foreach run,$(RUNS),--run $(run)) $(ARGS)
+
+choose-ensemble: $(VENV)  ## choose an ensemble among RUNS on PublicTest (ARGS='--budget 180': training minutes)
+	@test -n "$(RUNS)" || { echo "name the runs: make choose-ensemble RUNS='runs/A runs/B runs/C'"; exit 1; }
+	$(PYTHON) choose_ensemble.py $(RUNS) $(ARGS)
 
 # Transfer learning. The MobileNetV2 ImageNet features in ../shared/weights work offline; elsewhere
 # ARCH=resnet18 or vgg16 take torchvision's ImageNet weights (downloaded once into $$TORCH_HOME).

@@ -95,3 +95,33 @@ def test_evaluate_single_view_reports_no_tta(two_runs, tmp_path):
     assert "single view" in result.stdout and "TTA" not in result.stdout
     report = json.loads((two_runs[0] / "eval_test.json").read_text())
     assert set(report["test_time_views"]) == {"single"} and "accuracy_flip_tta" not in report
+
+
+def test_ensembles_are_ranked_on_their_mean_probabilities_within_the_training_budget():
+    import choose_ensemble
+
+    labels = torch.tensor([0, 1, 2, 3])
+    one_hot = torch.eye(7)[labels]
+    wrong = torch.eye(7)[torch.tensor([6, 6, 6, 6])]
+    # a: right on images 0-1; b: right on 2-3; each is 0.6 sure where right and 0.4 sure of "neutral" elsewhere.
+    a = torch.cat([0.6 * one_hot[:2] + 0.4 * wrong[:2], 0.4 * one_hot[2:] + 0.6 * wrong[2:]])
+    b = torch.cat([0.4 * one_hot[:2] + 0.6 * wrong[:2], 0.6 * one_hot[2:] + 0.4 * wrong[2:]])
+    c = wrong  # always wrong, and confident
+    probabilities, minutes = {"a": a, "b": b, "c": c}, {"a": 50.0, "b": 60.0, "c": 10.0}
+    ranked = choose_ensemble.rank_combinations(probabilities, labels, minutes, budget=200)
+    # by hand: a + b averages to 0.5 right / 0.5 neutral on every image; argmax picks the lower index,
+    # the right class (0-3 < 6): 100%. a alone and b alone: 50%, c: 0%, a + b + c: neutral everywhere.
+    assert ranked[0] == (1.0, 110.0, ("a", "b"))
+    assert [(accuracy, runs) for accuracy, _, runs in ranked[1:3]] == [(0.5, ("a",)), (0.5, ("b",))]  # cheaper first
+    assert len(ranked) == 7
+    within_100 = choose_ensemble.rank_combinations(probabilities, labels, minutes, budget=100)
+    assert ("a", "b") not in [runs for _, _, runs in within_100] and within_100[0][2] == ("a",)
+
+
+def test_choose_ensemble_scores_two_runs_on_publictest_and_prints_the_command(two_runs, tmp_path):
+    result = run_script("choose_ensemble.py", *map(str, two_runs), "--budget", "1000", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "3 of 3 combinations" in result.stdout and "make ensemble RUNS=" in result.stdout
+    assert not list(two_runs[0].glob("eval_*.json"))  # it only reads: no report written into the runs
+    result = run_script("choose_ensemble.py", *map(str, two_runs), "--budget", "0", cwd=tmp_path)
+    assert result.returncode == 1 and "longer than --budget 0" in result.stderr
