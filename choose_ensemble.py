@@ -12,26 +12,12 @@ Each run's probabilities are computed once, so the 2^n - 1 combinations of n run
 """
 import argparse
 import itertools
-import json
 import sys
 from pathlib import Path
 
 import torch
 
 import fer
-
-
-def training_minutes(run):
-    """Wall-clock minutes the run trained (the last epoch's elapsed time, plus feature extraction if any)."""
-    metrics = Path(run) / "metrics.jsonl"
-    rows = metrics.read_text().splitlines() if metrics.is_file() else []
-    if not rows:
-        raise fer.DataError(f"{run}: no epoch in metrics.jsonl, so no training time to count")
-    seconds = json.loads(rows[-1])["elapsed_s"]
-    extraction = Path(run) / "feature_extraction.json"
-    if extraction.exists():
-        seconds += json.loads(extraction.read_text())["seconds"]
-    return seconds / 60
 
 
 def rank_combinations(probabilities, labels, minutes, budget):
@@ -65,7 +51,7 @@ def main():
             data = data or fer.load_fer2013(config["data"], seed=config["seed"])
             # The mean over the ten views, in float32, as evaluate.py computes its ten-view numbers.
             probabilities[run] = fer.view_probabilities(model, data["val"]["images"], device, tta="ten").mean(0)
-            minutes[run] = training_minutes(run)
+            minutes[run] = fer.training_minutes(run)
             accuracy = (probabilities[run].argmax(1) == data["val"]["labels"]).float().mean().item()
             print(f"{run}: PublicTest ten-view {accuracy:.2%}, trained {minutes[run]:.1f} min", flush=True)
     except fer.DataError as error:

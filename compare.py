@@ -36,8 +36,6 @@ def summarise(run_dir):
     config = json.loads((run_dir / "config.json").read_text())
     report = json.loads((run_dir / "eval_test.json").read_text())
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    extraction = run_dir / "feature_extraction.json"
-    extraction_s = json.loads(extraction.read_text())["seconds"] if extraction.exists() else 0.0
     recipe = "seed's recipe (plateau)" if config["schedule"] == "plateau" else f"our recipe ({config['optimizer']}, cosine)"
     mode = config.get("mode", recipe)
     return {
@@ -48,7 +46,7 @@ def summarise(run_dir):
         "accuracy_unseen": report["accuracy_without_train_duplicates"],
         "macro_f1": report["macro_f1"], "best_val": max(row["val_acc"] for row in history), "trainable": fer.count_parameters(fer.build_model(config), trainable_only=True),
         "epochs": len(history), "images_per_s": sum(row["images_per_s"] for row in history) / len(history),
-        "minutes": (history[-1]["elapsed_s"] + extraction_s) / 60,
+        "minutes": fer.training_minutes(run_dir),
         "unfreeze": config.get("unfreeze"), "blocks": fer.BLOCKS.get(config["arch"]), "train_fraction": config.get("train_fraction", 1.0)}
 
 

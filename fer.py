@@ -1229,6 +1229,16 @@ def write_metrics(history, run_dir):
     plot_curves(history, run_dir / "curves.png")
 
 
+def training_minutes(run_dir):
+    """Wall-clock minutes a run trained: its last epoch's elapsed time, plus feature extraction if any."""
+    metrics, extraction = Path(run_dir) / "metrics.jsonl", Path(run_dir) / "feature_extraction.json"
+    rows = metrics.read_text().splitlines() if metrics.is_file() else []
+    if not rows:
+        raise DataError(f"{run_dir}: no epoch in metrics.jsonl, so no training time to count")
+    seconds = json.loads(rows[-1])["elapsed_s"]
+    return (seconds + (json.loads(extraction.read_text())["seconds"] if extraction.exists() else 0.0)) / 60
+
+
 def plot_curves(history, path):
     import matplotlib
     matplotlib.use("Agg")
