@@ -5,7 +5,8 @@ Transfer learning from an ImageNet network (resnet18, vgg16, mobilenet_v2) to FE
              (for mobilenet_v2 the map after block 13 of 19: --feature-block) are computed once and cached,
              and only a new 7-class head is trained on them: seconds per epoch;
   finetune   the top --unfreeze blocks (default: all) train too, at --backbone-lr-scale times the head's
-             learning rate, with warm-up, on augmented images: the same loop as the baseline.
+             learning rate (or --layer-decay: a rate for each block), with warm-up, on augmented images:
+             the same loop as the baseline; --gradual N unfreezes them N blocks an epoch, from the top.
 
     python train_transfer.py --arch mobilenet_v2 --mode feature \
         --weights-path ../shared/weights/mobilenet_v2_imagenet_features.pth
