@@ -516,13 +516,10 @@ class TransferNet(nn.Module):
                 parent, _, attribute = names[layer].rpartition(".")
                 setattr(self.backbone.get_submodule(parent), attribute, nn.Identity())
 
-    def trainable_blocks(self, unfreeze):
-        return len(self.blocks()) if unfreeze == "all" else int(unfreeze)
-
     def freeze(self, unfreeze):
         """Train only the head and the top `unfreeze` blocks ("all": every block)."""
         blocks = self.blocks()
-        trainable = self.trainable_blocks(unfreeze)
+        trainable = len(blocks) if unfreeze == "all" else int(unfreeze)
         self.frozen_blocks = blocks[:len(blocks) - trainable]
         for block in blocks:
             for parameter in nn.ModuleList(block).parameters():
@@ -836,11 +833,6 @@ def train(model, data, config, run_dir):
             # Augmentation and dropout: a seed of its own for every (seed, epoch), so a resumed run
             # repeats them exactly, and for every process (7919, a prime, keeps the seeds apart).
             torch.manual_seed(config["seed"] * 1000 + epoch + 7919 * rank)
-            if config.get("gradual"):
-                # Gradual unfreezing (Howard & Ruder, 2018): the top `gradual` blocks train in epoch 1, as
-                # many more in each epoch after; the optimizer skips the frozen ones (no gradient), and the
-                # backward pass stops at the lowest block that trains, so early epochs cost less.
-                model.freeze(str(min(epoch * config["gradual"], model.trainable_blocks(config["unfreeze"]))))
             loss_sum, correct, seen, images_per_s = train_one_epoch(
                 training_model, optimizer, loss_function, train_images, train_labels, config, epoch, progress, ema)
             # Each process validates a shard; the sums over all shards give every process the same numbers.

@@ -253,35 +253,3 @@ def test_training_the_top_k_blocks_of_mobilenet_v2_leaves_the_frozen_ones_exactl
         assert torch.equal(tensor, frozen_before[name]), name  # running_mean / running_var included
     top_after = [p for block in top for m in block for p in m.parameters()]
     assert all(not torch.equal(a, b) for a, b in zip(top_before, top_after))
-
-
-def test_gradual_unfreezing_adds_blocks_from_the_top_each_epoch_and_leaves_the_rest_untouched(tmp_path, monkeypatch):
-    config = transfer_config(unfreeze="5", gradual=2, epochs=3, batch_size=4, input_size=48, lr=0.1)
-    model = fer.build_model(config)
-    blocks = model.blocks()
-    block_15, below = nn.ModuleList(blocks[14]), nn.ModuleList([m for block in blocks[:14] for m in block])
-    below_before = {name: tensor.clone() for name, tensor in below.state_dict().items()}
-    trainable, block_15_states, train_one_epoch = [], [], fer.train_one_epoch
-
-    def spy(*args, **kwargs):  # at the start of each epoch: which blocks train, and block 15 as it is
-        trainable.append([any(p.requires_grad for m in block for p in m.parameters()) for block in blocks])
-        block_15_states.append({name: tensor.clone() for name, tensor in block_15.state_dict().items()})
-        return train_one_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(fer, "train_one_epoch", spy)
-    images = torch.randint(0, 256, (8, 48, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    data = {split: {"images": images, "labels": torch.arange(8) % 7} for split in ("train", "val")}
-    fer.train(model, data, config, tmp_path)
-    assert [row.index(True) for row in trainable] == [17, 15, 14]  # the top 2, 4, then 5 (--unfreeze) blocks
-    assert all(row[row.index(True):] == [True] * (19 - row.index(True)) for row in trainable)
-    for name, tensor in block_15_states[0].items():  # frozen in epochs 1 and 2, BatchNorm statistics too
-        assert torch.equal(block_15_states[2][name], tensor), name
-    assert any(not torch.equal(tensor, block_15_states[0][name]) for name, tensor in block_15.state_dict().items())
-    for name, tensor in below.state_dict().items():  # below --unfreeze: never trained
-        assert torch.equal(tensor, below_before[name]), name
-
-
-def test_gradual_unfreezing_is_refused_for_feature_extraction(kaggle_folder, tmp_path):
-    result = run_script("train_transfer.py", "--data", str(kaggle_folder), "--mode", "feature", "--gradual", "2",
-                        cwd=tmp_path)
-    assert result.returncode == 2 and "--gradual" in result.stderr
