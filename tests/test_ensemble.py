@@ -122,6 +122,15 @@ def test_choose_ensemble_scores_two_runs_on_publictest_and_prints_the_command(tw
     result = run_script("choose_ensemble.py", *map(str, two_runs), "--budget", "1000", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "3 of 3 combinations" in result.stdout and "make ensemble RUNS=" in result.stdout
-    assert not list(two_runs[0].glob("eval_*.json"))  # it only reads: no report written into the runs
+    assert not list(two_runs[0].glob("eval_*.json"))  # no report: PrivateTest is for make ensemble
+    # Each run's probabilities are kept beside best.pt and used again, until best.pt changes.
+    cache = two_runs[0] / "publictest_ten_view.pt"
+    labels = fer.load_fer2013(json.loads((two_runs[0] / "config.json").read_text())["data"])["val"]["labels"]
+    torch.save(torch.eye(7)[labels], cache)  # a stand-in that is right on every image
+    result = run_script("choose_ensemble.py", str(two_runs[0]), cwd=tmp_path)
+    assert f"{two_runs[0]}: PublicTest ten-view 100.00%" in result.stdout
+    (two_runs[0] / "best.pt").touch()
+    result = run_script("choose_ensemble.py", str(two_runs[0]), cwd=tmp_path)
+    assert "100.00%" not in result.stdout and not torch.equal(torch.load(cache), torch.eye(7)[labels])
     result = run_script("choose_ensemble.py", *map(str, two_runs), "--budget", "0", cwd=tmp_path)
     assert result.returncode == 1 and "longer than --budget 0" in result.stderr
