@@ -29,7 +29,7 @@ def publictest_probabilities(run, data, device):
         if probabilities.shape == (len(data["val"]["labels"]), len(fer.EMOTIONS)):
             return probabilities
     model, _ = fer.load_run(run, device)
-    probabilities = fer.view_probabilities(model, data["val"]["images"], device, tta="ten").mean(0)
+    probabilities = fer.predict_probabilities(model, data["val"]["images"], device, tta="ten")
     torch.save(probabilities, cache)
     return probabilities
 
