@@ -31,6 +31,7 @@ RECIPES = {
     #   peak rate 0.025: -> 61.47%;  0.1: -> 63.14% (+0.87);  0.2: -> 63.81% (+1.54);  0.1 with weight decay
     #   1e-3: -> 63.00%. At 40 epochs 0.1 gave PublicTest 68.12% against 67.34% but PrivateTest 69.38% against
     #   69.60%, inside the seed spread (69.30% +- 0.31): 0.05 kept.
+    #   pooling before BatchNorm (--pool-first), at rate 0.1: -> 64.28% (+1.14 over 0.1), in 14% less time.
     # One conv in the first stage (--convs 1 2 2 2) trains 23% faster: 28 epochs in 28.5 min give 68.38%
     # PrivateTest (VGGNet, 22 epochs: 67.57%), and 68.54% in 27.1 min with --lr 0.1, the best within 30 minutes
     # (--lr 0.2: PublicTest 67.40% against 67.76%, not kept).
@@ -46,6 +47,8 @@ def main():
     parser.add_argument("--width", type=int, help="channels of the first conv (default: %(default)s)")
     parser.add_argument("--convs", type=int, nargs=4, default=[2, 2, 2, 2], metavar="N",
                         help="vggnet: 3x3 convs in each of the four stages (default: 2 2 2 2)")
+    parser.add_argument("--pool-first", action="store_true",
+                        help="vggnet: pool each stage's last conv before its BatchNorm and ReLU (10%% faster)")
     parser.add_argument("--dropout", type=float, default=0.3, help="vggnet: dropout before the classifier (default: %(default)s)")
     args = parser.parse_args()
 

@@ -54,6 +54,24 @@ def test_vggnet_convs_sets_the_convs_of_each_stage():
     assert fer.count_parameters(lite) == 1_174_439 - (9 * 32 * 32 + 2 * 32)
 
 
+def test_vggnet_pool_first_computes_the_same_function():
+    # Max-pooling commutes with ReLU and with an eval-mode BatchNorm of positive scale, so with the same
+    # weights the two layer orders give the same logits; pool_first normalises a quarter of the pixels.
+    torch.manual_seed(0)
+    config = {"arch": "vggnet", "width": 8, "dropout": 0.3, "convs": [1, 2, 2, 2]}
+    pool_last, pool_first = fer.build_model(config), fer.build_model(dict(config, pool_first=True))
+    for module in pool_last.modules():
+        if isinstance(module, nn.BatchNorm2d):  # statistics and positive scales that are not the defaults
+            module.running_mean.uniform_(-1, 1), module.running_var.uniform_(0.5, 2)
+            module.weight.data.copy_(torch.linspace(0.5, 2, module.num_features))
+    # the same parameters in the same order; only the layers' positions (their names) differ
+    pool_first.load_state_dict(dict(zip(pool_first.state_dict(), pool_last.state_dict().values())))
+    faces = torch.rand(4, 1, 48, 48)
+    torch.testing.assert_close(pool_first.eval()(faces), pool_last.eval()(faces))
+    order = [type(m) for m in pool_first.features if isinstance(m, (nn.MaxPool2d, nn.BatchNorm2d))]
+    assert order[:2] == [nn.MaxPool2d, nn.BatchNorm2d]
+
+
 def test_vggnet_keeps_the_edges_of_a_40_pixel_crop():
     # 40 -> 20 -> 10 -> 5 -> 3: the last pooling keeps the fifth row and column, as a 48x48 face's
     # 6 -> 3 keeps all six; dropping them made a network trained on --crop 40 fail on whole faces.
