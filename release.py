@@ -44,6 +44,8 @@ def training_command(config):
             words += [flag, "on" if value else "off"]
         elif key in ("flip", "channels_last"):  # on by default; the flags turn them off
             words += [] if value else [f"--no-{key.replace('_', '-')}"]
+        elif key == "pool_first":  # on in VGGNet's recipe, off in older runs: spelled out either way
+            words += [flag if value else "--no-pool-first"]
         elif isinstance(value, bool):
             words += [flag] if value else []
         elif isinstance(value, list):  # nargs options, e.g. --convs 1 2 2 2

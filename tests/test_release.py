@@ -12,6 +12,7 @@ from PIL import Image
 import fer
 import gradcam
 import release
+import train_baseline
 from conftest import PROJECT_DIR, run_script, write_kaggle_folder
 
 RELEASE_FILES = {"best.pt", "config.json", "eval_test.json", "confusion_test.png", "metrics.jsonl", "curves.png",
@@ -69,6 +70,13 @@ def test_the_training_command_in_release_md_trains_the_same_run(trained, tmp_pat
                            if key not in {"run_dir", "git_commit", "torch_version"}}  # where and when, not settings
                           for folder in (run, again))
     assert repeated == original
+
+
+def test_the_training_command_spells_out_pool_first_either_way():
+    # On in VGGNet's recipe, off in the runs before it: the command must say which.
+    for value, flag in ((True, "--pool-first"), (False, "--no-pool-first")):
+        words = release.training_command({"arch": "vggnet", "pool_first": value}).split()
+        assert flag in words and train_baseline.parse_args(words[2:]).pool_first is value
 
 
 def fake_report():

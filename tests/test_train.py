@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 
 import fer
+import train_baseline
 from conftest import run_script, training_config
 
 
@@ -59,6 +60,16 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
     rates = [fer.learning_rate(config, step, 100, 1.0) for step in range(100)]
     assert rates[0] == pytest.approx(0.1) and max(rates) == pytest.approx(1.0) == rates[9]
     assert rates[-1] < 0.001 and all(a >= b for a, b in zip(rates[9:], rates[10:]))
+
+
+def test_each_architecture_takes_its_own_recipe_and_the_command_line_overrides_it():
+    vggnet = train_baseline.parse_args(["--arch", "vggnet"])
+    assert (vggnet.convs, vggnet.pool_first, vggnet.optimizer, vggnet.lr, vggnet.epochs) == ([1, 2, 2, 2], True, "sgd",
+                                                                                           0.1, 64)
+    older = train_baseline.parse_args(["--arch", "vggnet", "--convs", "2", "2", "2", "2", "--no-pool-first", "--lr", "0.05"])
+    assert (older.convs, older.pool_first, older.lr, older.epochs) == ([2, 2, 2, 2], False, 0.05, 64)
+    baseline = train_baseline.parse_args([])
+    assert (baseline.optimizer, baseline.lr, baseline.epochs, baseline.pool_first) == ("adamw", 2e-3, 80, False)
 
 
 def test_train_baseline_writes_a_complete_run_folder_that_evaluate_reads(kaggle_folder, tmp_path):
