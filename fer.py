@@ -376,6 +376,19 @@ def erase_random_rectangles(images, probability, generator=None):
     return torch.where(inside[:, None], torch.full_like(images, FER_MEAN), images)
 
 
+def jitter_brightness_contrast(images, strength, generator=None):
+    """Photometric augmentation: each image's contrast about its own mean gray, then its brightness,
+    scaled by independent factors in [1 - strength, 1 + strength] and clipped to [0, 1] (torchvision's
+    ColorJitter on one channel). FER-2013's faces are web photos of every exposure."""
+    count = images.shape[0]
+
+    def factor():
+        return (1 + (torch.rand(count, generator=generator) * 2 - 1) * strength).to(images.device)[:, None, None, None]
+
+    mean = images.mean((-2, -1), keepdim=True)
+    return (((images - mean) * factor() + mean) * factor()).clamp(0, 1)
+
+
 # -----------------------------------------------------------------------------
 # Models: every model takes float images [B, 1, 48, 48] in [0, 1] and returns 7 logits
 
@@ -764,6 +777,8 @@ def train_one_epoch(model, optimizer, loss_function, images, labels, config, epo
         if images.dtype == torch.uint8:
             inputs = augment_batch(inputs, flip=config["flip"], rotate_degrees=config["rotate"],
                                    zoom=config["zoom"], translate=config["translate"], crop=config.get("crop", 0))
+            if config.get("jitter"):
+                inputs = jitter_brightness_contrast(inputs, config["jitter"])
             if config.get("erase"):
                 inputs = erase_random_rectangles(inputs, config["erase"])
         targets = labels[batch]
@@ -1061,6 +1076,8 @@ def add_training_arguments(parser, **defaults):
     add("--early-stop", type=int, default=0, help="stop after N epochs without improvement, 0 = never (default: %(default)s)")
     add("--label-smoothing", type=float, help="(default: %(default)s)")
     add("--class-weights", action="store_true", help="weight the loss by inverse class frequency")
+    add("--jitter", type=float, default=0.0, help="scale each image's contrast and brightness by random factors "
+        "in [1 - S, 1 + S], 0 = off (default: %(default)s)")
     add("--erase", type=float, default=0.0, help="random erasing: probability of a gray rectangle per image (default: %(default)s)")
     add("--mixup", type=float, default=0.0, help="mixup: Beta(a, a) blend weight, 0 = off (default: %(default)s)")
     add("--ema", type=float, default=0.0, help="select and save an exponential moving average of the weights "

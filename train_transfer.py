@@ -65,8 +65,8 @@ def parse_config():
             setattr(args, key, value)
     if args.mode == "feature" and args.unfreeze != "0":
         parser.error("--mode feature trains the head only: leave out --unfreeze")
-    if args.mode == "feature" and (args.crop or args.erase):  # they act on images, in each training step
-        parser.error("--crop and --erase do not reach cached features: use --views for augmented views")
+    if args.mode == "feature" and (args.crop or args.erase or args.jitter):  # they act on images, in each training step
+        parser.error("--crop, --erase and --jitter do not reach cached features: use --views for augmented views")
     if args.mode == "finetune" and (args.feature_block or args.views):
         parser.error("--feature-block and --views are for --mode feature")
     if args.mode == "feature" and args.feature_block is None:

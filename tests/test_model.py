@@ -94,6 +94,20 @@ def test_random_erasing_fills_one_rectangle_per_chosen_image_with_the_mean_gray(
     assert torch.equal(fer.erase_random_rectangles(images, probability=0.0), images)
 
 
+def test_jitter_scales_contrast_and_brightness_within_the_strength_and_keeps_the_range():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(256, 1, 48, 48, generator=generator) * 0.5 + 0.25  # room to brighten without clipping
+    jittered = fer.jitter_brightness_contrast(images, strength=0.2, generator=generator)
+    assert jittered.shape == images.shape and 0 <= jittered.min() and jittered.max() <= 1
+    brightness = jittered.mean((1, 2, 3)) / images.mean((1, 2, 3))
+    contrast = jittered.std((1, 2, 3)) / images.std((1, 2, 3)) / brightness
+    assert brightness.min() >= 0.8 - 1e-5 and brightness.max() <= 1.2 + 1e-5
+    assert brightness.max() - brightness.min() > 0.3  # the factors spread over the range
+    assert contrast.min() >= 0.8 - 1e-4 and contrast.max() <= 1.2 + 1e-4
+    assert contrast.max() - contrast.min() > 0.3
+    assert torch.allclose(fer.jitter_brightness_contrast(images, strength=0.0), images)
+
+
 def test_ema_follows_the_weights_with_the_given_decay():
     model, ema = nn.Linear(2, 1), nn.Linear(2, 1)
     with torch.no_grad():
@@ -104,11 +118,11 @@ def test_ema_follows_the_weights_with_the_given_decay():
     assert torch.allclose(ema.weight, torch.full_like(ema.weight, 0.1 * 0.1 + 0.9))
 
 
-def test_training_with_ema_erasing_and_mixup_selects_the_averaged_weights(tmp_path):
+def test_training_with_ema_jitter_erasing_and_mixup_selects_the_averaged_weights(tmp_path):
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (32, 48, 48), dtype=torch.uint8, generator=generator)
     data = {split: {"images": images, "labels": torch.arange(32) % 7} for split in ("train", "val")}
-    config = training_config(arch="vggnet", width=4, dropout=0.3, epochs=2, ema=0.9, erase=0.5, mixup=0.2)
+    config = training_config(arch="vggnet", width=4, dropout=0.3, epochs=2, ema=0.9, erase=0.5, jitter=0.2, mixup=0.2)
     progress = fer.train(fer.build_model(config), data, config, tmp_path)
     assert all("val_acc_raw" in row for row in progress["history"])
     best, last = (torch.load(tmp_path / name, weights_only=True) for name in ("best.pt", "last.pt"))
