@@ -324,21 +324,28 @@ def not_in_train_mask(images, train_images):
 # Augmentation: whole batches of tensors, on the batch's device
 
 
+def per_image_uniform(images, low, high, generator=None):
+    """One random number in [low, high) for each image of a batch [B, C, H, W], shaped [B, 1, 1] to
+    broadcast over its pixel grid [B, H, W]. Drawn on the CPU from `generator` (or torch's global
+    one) and then moved to the images' device, so a seed gives the same augmentation on any device."""
+    return (low + torch.rand(images.shape[0], generator=generator) * (high - low)).to(images.device)[:, None, None]
+
+
 def augment_batch(images, flip=True, rotate_degrees=10.0, zoom=0.1, translate=0.1, generator=None, crop=0):
     """Random flip, rotation, zoom and shift of float images [B, C, H, W]; with `crop` (a side in
     pixels, 0 = off) the output is a random crop x crop window of that, centred but for the shift.
 
-    All random numbers come from `generator` (or torch's global one) on the CPU, so a seed
-    gives the same augmentation on any device. The five transforms are one bilinear
-    grid_sample: for each output pixel, the point of the input it shows. "border" padding
-    repeats the edge pixels, like the seed's Keras ImageDataGenerator(fill_mode="nearest")."""
-    count, height, width = images.shape[0], images.shape[-2], images.shape[-1]
+    The random numbers come from per_image_uniform (the same for a seed on any device). The five
+    transforms are one bilinear grid_sample: for each output pixel, the point of the input it
+    shows. "border" padding repeats the edge pixels, like the seed's Keras
+    ImageDataGenerator(fill_mode="nearest")."""
+    height, width = images.shape[-2], images.shape[-1]
     crop_height, crop_width = (crop, crop) if crop else (height, width)
 
-    def uniform():  # one number in [-1, 1) per image, shaped to broadcast over [B, H, W]
-        return (torch.rand(count, generator=generator) * 2 - 1).to(images.device)[:, None, None]
+    def uniform():
+        return per_image_uniform(images, -1, 1, generator)
 
-    mirrored = (torch.rand(count, generator=generator) < (0.5 if flip else 0)).to(images.device)[:, None, None]
+    mirrored = per_image_uniform(images, 0, 1, generator) < (0.5 if flip else 0)
     if not (rotate_degrees or zoom or translate or crop):
         return torch.where(mirrored[:, None], images.flip(-1), images) if flip else images
     angle, scale = uniform() * math.radians(rotate_degrees), 1 + uniform() * zoom
@@ -360,16 +367,16 @@ def erase_random_rectangles(images, probability, generator=None):
     """Random erasing (Zhong et al., 2017), batched: with `probability`, a rectangle of 2-25% of the
     image (aspect ratio 1/3 to 3) is filled with the mean gray, so no single face region (the mouth,
     the eyes) can carry the whole decision."""
-    count, height, width = images.shape[0], images.shape[-2], images.shape[-1]
+    height, width = images.shape[-2], images.shape[-1]
 
     def uniform(low, high):
-        return (low + torch.rand(count, generator=generator) * (high - low)).to(images.device)[:, None, None]
+        return per_image_uniform(images, low, high, generator)
 
     area, log_ratio = uniform(0.02, 0.25), uniform(math.log(1 / 3), math.log(3))
     half_height = (area * log_ratio.exp()).sqrt().clamp(max=1) / 2  # as fractions of the image side
     half_width = (area / log_ratio.exp()).sqrt().clamp(max=1) / 2
     centre_y, centre_x = uniform(0, 1), uniform(0, 1)
-    erased = (torch.rand(count, generator=generator) < probability).to(images.device)[:, None, None]
+    erased = uniform(0, 1) < probability
     ys = ((torch.arange(height, device=images.device) + 0.5) / height)[:, None]
     xs = ((torch.arange(width, device=images.device) + 0.5) / width)[None, :]
     inside = ((ys - centre_y).abs() < half_height) & ((xs - centre_x).abs() < half_width) & erased
@@ -380,10 +387,8 @@ def jitter_brightness_contrast(images, strength, generator=None):
     """Photometric augmentation: each image's contrast about its own mean gray, then its brightness,
     scaled by independent factors in [1 - strength, 1 + strength] and clipped to [0, 1] (torchvision's
     ColorJitter on one channel). FER-2013's faces are web photos of every exposure."""
-    count = images.shape[0]
-
-    def factor():
-        return (1 + (torch.rand(count, generator=generator) * 2 - 1) * strength).to(images.device)[:, None, None, None]
+    def factor():  # [B, 1, 1, 1]: one factor per image, for all its channels and pixels
+        return 1 + per_image_uniform(images, -1, 1, generator)[:, None] * strength
 
     mean = images.mean((-2, -1), keepdim=True)
     return (((images - mean) * factor() + mean) * factor()).clamp(0, 1)
