@@ -29,6 +29,8 @@ import fer
 COPIED = ["config.json", "eval_test.json", "confusion_test.png", "metrics.jsonl", "curves.png"]
 # config.json entries that are records, not command-line settings.
 NOT_SETTINGS = {"device", "processes", "torch_version", "git_commit", "run_dir"}
+# Settings added after some runs were made, with the value those runs had: --jitter joined VGGNet's recipe later.
+BEFORE_IT_EXISTED = {"jitter": 0.0}
 
 
 def training_command(config):
@@ -36,7 +38,10 @@ def training_command(config):
     setting (argparse's namespace), so every setting is spelled out, defaults included."""
     script = "train_transfer.py" if config["arch"] in fer.HEAD_ATTRIBUTE else "train_baseline.py"
     words = [f"torchrun --nproc_per_node={config['processes']}" if config.get("processes", 1) > 1 else "python", script]
-    for key, value in config.items():
+    settings = dict(config)
+    for key, value in BEFORE_IT_EXISTED.items():
+        settings.setdefault(key, value)
+    for key, value in settings.items():
         flag = "--" + key.replace("_", "-")
         if key in NOT_SETTINGS or value is None or (key == "weights" and value == "file"):
             continue  # weights "file" is what --weights-path sets

@@ -79,6 +79,13 @@ def test_the_training_command_spells_out_pool_first_either_way():
         assert flag in words and train_baseline.parse_args(words[2:]).pool_first is value
 
 
+def test_the_training_command_of_a_run_older_than_jitter_turns_it_off():
+    # Such a run trained without jitter; VGGNet's recipe has it now.
+    words = release.training_command({"arch": "vggnet", "epochs": 64}).split()
+    assert train_baseline.parse_args(words[2:]).jitter == 0.0
+    assert train_baseline.parse_args(["--arch", "vggnet"]).jitter > 0
+
+
 def fake_report():
     per_class = {name: {"f1": 0.5, "precision": 0.5, "recall": 0.5, "support": 2} for name in fer.EMOTIONS}
     return {"accuracy": 0.5, "accuracy_flip_tta": 0.5, "macro_f1": 0.5, "per_class": per_class}

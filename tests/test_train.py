@@ -64,12 +64,13 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
 
 def test_each_architecture_takes_its_own_recipe_and_the_command_line_overrides_it():
     vggnet = train_baseline.parse_args(["--arch", "vggnet"])
-    assert (vggnet.convs, vggnet.pool_first, vggnet.optimizer, vggnet.lr, vggnet.epochs) == ([1, 2, 2, 2], True, "sgd",
-                                                                                           0.1, 64)
+    assert (vggnet.convs, vggnet.pool_first, vggnet.optimizer, vggnet.lr, vggnet.epochs, vggnet.jitter) == (
+        [1, 2, 2, 2], True, "sgd", 0.1, 64, 0.2)
     older = train_baseline.parse_args(["--arch", "vggnet", "--convs", "2", "2", "2", "2", "--no-pool-first", "--lr", "0.05"])
     assert (older.convs, older.pool_first, older.lr, older.epochs) == ([2, 2, 2, 2], False, 0.05, 64)
     baseline = train_baseline.parse_args([])
-    assert (baseline.optimizer, baseline.lr, baseline.epochs, baseline.pool_first) == ("adamw", 2e-3, 80, False)
+    assert (baseline.optimizer, baseline.lr, baseline.epochs, baseline.pool_first, baseline.jitter) == (
+        "adamw", 2e-3, 80, False, 0.0)
 
 
 def test_train_baseline_writes_a_complete_run_folder_that_evaluate_reads(kaggle_folder, tmp_path):
