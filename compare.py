@@ -124,10 +124,11 @@ def bar_chart(rows, path):
 def time_to_accuracy(run_dirs, path):
     """PublicTest accuracy after each epoch against wall-clock minutes: speed to accuracy, not per step."""
     figure, axes = plt.subplots(figsize=(7, 4.5))
-    for run_dir in run_dirs:
+    for i, run_dir in enumerate(run_dirs):
         history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         axes.plot([row["elapsed_s"] / 60 for row in history], [100 * row["val_acc"] for row in history],
-                  marker=".", label=run_dir.name.split("-", 2)[-1])  # the folder's name after its timestamp
+                  marker=".", linestyle="-" if i < 10 else "--",  # dashed once the 10 colours repeat
+                  label=run_dir.name.split("-", 2)[-1])  # the folder's name after its timestamp
     axes.set(xlabel="wall-clock minutes of training", ylabel="PublicTest accuracy (%)",
              title="Time to accuracy (2 CPU cores)")
     axes.grid(alpha=0.3)
