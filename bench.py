@@ -182,9 +182,13 @@ def main():
     parser.add_argument("--out", default="bench.json", help="(default: %(default)s)")
     args = parser.parse_args()
     seconds = 1.0 if args.quick else 5.0
+    # Where this CPU only emulates bf16 (no AVX-512 BF16 or AMX), training runs in float32 (--amp auto), so
+    # the rows below time float32 in its place: the emulated step is 15x slower and nobody would train with it.
+    bf16_native = fer.native_bf16(torch.device("cpu"))
     rows, results = [], {"machine": {"cpu": cpu_name(), "threads": torch.get_num_threads(),
-                                     "torch": str(torch.__version__)}}
-    print(f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+                                     "torch": str(torch.__version__), "native_bf16": bf16_native}}
+    print(f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+          f"bf16 {'native' if bf16_native else 'emulated: models timed in float32 only'}")
 
     fp32, bf16 = matmul_gflops(torch.float32, seconds), matmul_gflops(torch.bfloat16, seconds)
     results["matmul_gflops"] = {"float32": fp32, "bfloat16": bf16}
@@ -204,39 +208,42 @@ def main():
         gflops = rate * flops / 1e9
         results["training_step"].append(dict(label=label, batch_size=batch_size, images_per_s=rate,
                                              mflop_per_image=flops / 1e6, gflops=gflops))
+        of_bf16 = f" / {gflops / bf16:.0%} of bf16" if bf16_native else ""
         rows.append((f"train step: {label}, batch {batch_size}", f"{rate:,.0f} img/s",
-                     f"{gflops:.0f} GFLOP/s = {gflops / fp32:.0%} of fp32 / {gflops / bf16:.0%} of bf16 matmul "
-                     f"({flops / 1e6:.0f} MFLOP/img)"))
+                     f"{gflops:.0f} GFLOP/s = {gflops / fp32:.0%} of fp32{of_bf16} matmul ({flops / 1e6:.0f} MFLOP/img)"))
+
+    # The precision training uses on this machine: bf16 autocast, or float32 where bf16 is emulated.
+    fast = {"channels_last": True, "amp": bf16_native}
+    fast_label = "channels_last, " + ("bf16 autocast" if bf16_native else "float32")
 
     baseline = {"arch": "baseline", "width": 32}
     for layout, channels_last in (("NCHW", False), ("channels_last", True)):
-        for precision, amp in (("float32", False), ("bf16 autocast", True)):
+        for precision, amp in (("float32", False), ("bf16 autocast", True))[:2 if bf16_native else 1]:
             for batch_size in (128, 256):
                 training_row(f"baseline, {layout}, {precision}", dict(baseline, channels_last=channels_last, amp=amp),
                              batch_size)
     # VGGNet (train_baseline.py --arch vggnet), beside the baseline: 4.9x its FLOPs per image; wider;
     # with one conv in its first stage (--convs 1 2 2 2); that pooled before BatchNorm (--pool-first); and
     # that trained on 40x40 crops (--crop 40).
-    vggnet = {"arch": "vggnet", "width": 32, "dropout": 0.3, "channels_last": True, "amp": True}
+    vggnet = {"arch": "vggnet", "width": 32, "dropout": 0.3, **fast}
     one_conv = {"convs": [1, 2, 2, 2]}
     for label, change in (("", {}), (" width 48", {"width": 48}), (" --convs 1 2 2 2", one_conv),
                           (" --convs 1 2 2 2 --pool-first", dict(one_conv, pool_first=True)),
                           (" --convs 1 2 2 2 --crop 40", dict(one_conv, crop=40))):
-        training_row(f"vggnet{label}, channels_last, bf16 autocast", dict(vggnet, **change), 128)
+        training_row(f"vggnet{label}, {fast_label}", dict(vggnet, **change), 128)
     if args.compile:
-        training_row("baseline, channels_last, bf16 autocast, torch.compile",
-                     dict(baseline, channels_last=True, amp=True, compile=True), 128)
+        training_row(f"baseline, {fast_label}, torch.compile", dict(baseline, **fast, compile=True), 128)
     # Transfer models, fine-tuning everything (train_transfer.py's default), at the input size that
     # sets their last feature map: 48px -> 2x2, 96px -> 3x3, 128px -> 4x4 (stride 32).
     for arch, size in (("mobilenet_v2", 48), ("mobilenet_v2", 96), ("mobilenet_v2", 128), ("resnet18", 96),
                        ("vgg16", 96)):
-        transfer = {"arch": arch, "input_size": size, "unfreeze": "all", "channels_last": True, "amp": True}
-        training_row(f"{arch} {size}px, channels_last, bf16 autocast", transfer, 64)
+        transfer = {"arch": arch, "input_size": size, "unfreeze": "all", **fast}
+        training_row(f"{arch} {size}px, {fast_label}", transfer, 64)
 
     model = fer.build_model(baseline).to(memory_format=torch.channels_last)
     images, labels = data["val"]["images"], data["val"]["labels"]
     for name, tta in (("single view", False), ("flip TTA", True)):
-        for amp in (False, True):
+        for amp in (False, True)[:2 if bf16_native else 1]:
             start = time.perf_counter()
             fer.evaluate(model, images, labels, torch.device("cpu"), amp=amp, tta=tta)
             rate = len(images) / (time.perf_counter() - start)

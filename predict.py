@@ -474,8 +474,7 @@ def main(argv=None):
     # bfloat16 halves the model's time on a CPU with bf16 instructions (baseline: 1,092 -> 516 CPU-us per
     # face; VGGNet: 3,982 -> 1,999) and changes little: on PrivateTest a trained VGGNet's top emotion was
     # the same as in float32 for 99.8% of the faces, no probability moving by more than 0.011.
-    bf16_cpu = args.device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    args.amp = {"on": True, "off": False, "auto": args.device.type == "cuda" or bf16_cpu}[args.amp]
+    args.amp = {"on": True, "off": False, "auto": fer.native_bf16(args.device)}[args.amp]
     try:
         model = load_model(args.run, args.device)
         detector = load_face_detector() if args.detect else None

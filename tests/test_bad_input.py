@@ -253,6 +253,23 @@ def test_resume_and_run_dir_together_are_an_error(finished_run):
         fer.resolve_config(args, arch="baseline")
 
 
+def test_amp_auto_is_bf16_only_where_the_cpu_has_it_and_a_resumed_bf16_run_warns_elsewhere(finished_run, tmp_path,
+                                                                                        monkeypatch, capsys):
+    parser = argparse.ArgumentParser()
+    fer.add_training_arguments(parser, epochs=1, batch_size=8)
+    for native in (True, False):
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+        config, _ = fer.resolve_config(parser.parse_args(["--device", "cpu"]), arch="baseline")
+        assert config["amp"] is native
+    # A run started in bf16 elsewhere keeps its own settings when resumed here, and says what that costs.
+    run_dir = tmp_path / "started_in_bf16"
+    shutil.copytree(finished_run, run_dir)
+    (run_dir / "config.json").write_text(json.dumps(dict(json.loads((run_dir / "config.json").read_text()), amp=True)))
+    config, _ = fer.resolve_config(parser.parse_args(["--resume", str(run_dir), "--device", "cpu"]), arch="baseline")
+    assert config["amp"] is True
+    assert f"warning: {run_dir} trains in bfloat16, which cpu here only emulates" in capsys.readouterr().out
+
+
 def make_run_dir_as_rank(rank, port, folder, outcomes):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
                       LOCAL_RANK=str(rank))
