@@ -22,14 +22,15 @@ RECIPES = {
     "baseline": dict(epochs=80, batch_size=128, optimizer="adamw", lr=2e-3, weight_decay=5e-4, schedule="cosine",
                      warmup=0.1, label_smoothing=0.1, width=32),
     # VGGNet: SGD with Nesterov momentum, as in the published FER-2013 VGG recipes. Each trick measured in
-    # 8-epoch runs, same seed, best PublicTest accuracy (README, "VGGNet's recipe"), against the sessions'
+    # 8-epoch runs, same seed, best PublicTest accuracy (README, "Tricks, one at a time"; every run in
+    # docs/experiments.md), against the sessions'
     # 40-epoch recipe (two convs per stage, lr 0.05, pooling last; 62.27% at 8 epochs, 69.60% PrivateTest at 40):
     #   EMA of the weights (--ema 0.999): 62.02% -> 62.27%, kept;
-    #   AdamW lr 2e-3 instead of SGD: -> 63.81% (+1.54; at 22 epochs see README);
+    #   AdamW lr 2e-3 instead of SGD: -> 63.81% (+1.54; at 22 epochs +0.67 on PublicTest, -0.62 on PrivateTest);
     #   no label smoothing: -> 62.55% (+0.28, noise), kept;  class weights: -> 57.09%, not kept;
     #   random erasing (--erase 0.5): -> 62.22%, not kept;  mixup (--mixup 0.2): -> 61.41%, not kept
     #   (and with today's recipe at 64 epochs: 68.93% against 69.30%);
-    #   random 40x40 crops (--crop 40): -> 61.49% in 25% less time (7.4 min, 9.9), not kept (at 30 and 60 minutes a tie, README);
+    #   random 40x40 crops (--crop 40): -> 61.49% in 25% less time (7.4 min, 9.9), not kept (at 30 and 60 minutes a tie);
     #   constant rate (--schedule plateau): -> 62.27% with EMA (raw weights 56.67%), cosine kept;
     #   peak rate 0.025: -> 61.47%;  0.1: -> 63.14% (+0.87), kept;  0.2: -> 63.81% (+1.54), but at 28 epochs
     #   behind 0.1 on PublicTest (67.40% against 67.76%);  0.1 with weight decay 1e-3: -> 63.00%, not kept;
