@@ -55,11 +55,11 @@ def pick_device(requested=None):
 
 
 def native_bf16(device):
-    """Whether `device` computes in bfloat16 natively: a CUDA GPU that supports it, or a CPU with bf16
+    """Whether `device` computes in bfloat16 natively: a CUDA GPU from Ampere on, or a CPU with bf16
     instructions (AVX-512 BF16 or AMX). `--amp auto` autocasts only there. Elsewhere bf16 is emulated:
     on a Zen 3 EPYC (AVX2 only) VGGNet's training step ran 15x slower in bf16 than in float32."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
