@@ -1103,8 +1103,8 @@ def add_training_arguments(parser, **defaults):
     add("--crop", type=int, default=0, help="train on random N x N crops of the augmented faces (evaluation sees "
         "the whole face); 0 = off (default: %(default)s)")
     add("--no-channels-last", dest="channels_last", action="store_false", help="keep the NCHW memory layout")
-    add("--amp", choices=["auto", "on", "off"], default="auto", help="bfloat16 autocast; auto = on for CUDA and "
-        "for CPUs with bf16 instructions (default: %(default)s)")
+    add("--amp", choices=["auto", "on", "off"], default="auto", help="bfloat16 autocast; auto = on where bf16 is "
+        "native: GPUs from Ampere on, CPUs with AVX-512 BF16 or AMX (default: %(default)s)")
     add("--seed", type=int, default=0, help="(default: %(default)s)")
     add("--train-fraction", type=float, default=1.0, help="train on this stratified fraction of the training "
         "images, e.g. 0.1 (default: %(default)s)")

@@ -461,8 +461,8 @@ def main(argv=None):
     parser.add_argument("--webcam", type=int, nargs="?", const=0, metavar="INDEX", help="live window of camera INDEX "
                         "(default camera: 0); q quits")
     parser.add_argument("--amp", choices=["auto", "on", "off"], default="auto", help="bfloat16 autocast, as in "
-                        "training: auto = on for CUDA and for CPUs with bf16 instructions; off = float32, like "
-                        "evaluate.py (default: %(default)s)")
+                        "training: auto = on where bf16 is native (GPUs from Ampere on, CPUs with AVX-512 BF16 "
+                        "or AMX); off = float32, like evaluate.py (default: %(default)s)")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     args = parser.parse_args(argv)
     if not args.inputs and args.webcam is None:
