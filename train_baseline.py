@@ -23,8 +23,8 @@ RECIPES = {
                      warmup=0.1, label_smoothing=0.1, width=32),
     # VGGNet: SGD with Nesterov momentum, as in the published FER-2013 VGG recipes. Each trick measured in
     # 8-epoch runs, same seed, best PublicTest accuracy (README, "Tricks, one at a time"; every run in
-    # docs/experiments.md), against the sessions'
-    # 40-epoch recipe (two convs per stage, lr 0.05, pooling last; 62.27% at 8 epochs, 69.60% PrivateTest at 40):
+    # docs/experiments.md), against the sessions' 40-epoch recipe (two convs per stage, lr 0.05, pooling
+    # last; 62.27% at 8 epochs, 69.60% PrivateTest at 40):
     #   EMA of the weights (--ema 0.999): 62.02% -> 62.27%, kept;
     #   AdamW lr 2e-3 instead of SGD: -> 63.81% (+1.54; at 22 epochs +0.67 on PublicTest, -0.62 on PrivateTest);
     #   no label smoothing: -> 62.55% (+0.28, noise), kept;  class weights: -> 57.09%, not kept;
