@@ -214,16 +214,18 @@ def main():
         rows.append((f"train step: {label}, batch {batch_size}", f"{rate:,.0f} img/s",
                      f"{gflops:.0f} GFLOP/s = {gflops / fp32:.0%} of fp32{of_bf16} matmul ({flops / 1e6:.0f} MFLOP/img)"))
 
-    # The precision training uses on this machine: bf16 autocast, or float32 where bf16 is emulated.
+    # Precisions worth timing here (float32 only where bf16 is emulated), and the one training uses.
+    amps = (False, True) if bf16_native else (False,)
+    precision = {False: "float32", True: "bf16 autocast"}
     fast = {"channels_last": True, "amp": bf16_native}
-    fast_label = "channels_last, " + ("bf16 autocast" if bf16_native else "float32")
+    fast_label = f"channels_last, {precision[bf16_native]}"
 
     baseline = {"arch": "baseline", "width": 32}
     for layout, channels_last in (("NCHW", False), ("channels_last", True)):
-        for precision, amp in (("float32", False), ("bf16 autocast", True))[:2 if bf16_native else 1]:
+        for amp in amps:
             for batch_size in (128, 256):
-                training_row(f"baseline, {layout}, {precision}", dict(baseline, channels_last=channels_last, amp=amp),
-                             batch_size)
+                training_row(f"baseline, {layout}, {precision[amp]}", dict(baseline, channels_last=channels_last,
+                                                                           amp=amp), batch_size)
     # VGGNet (train_baseline.py --arch vggnet), beside the baseline: 4.9x its FLOPs per image; wider;
     # with one conv in its first stage (--convs 1 2 2 2); that pooled before BatchNorm (--pool-first); and
     # that trained on 40x40 crops (--crop 40).
@@ -245,7 +247,7 @@ def main():
     model = fer.build_model(baseline).to(memory_format=torch.channels_last)
     images, labels = data["val"]["images"], data["val"]["labels"]
     for name, tta in (("single view", False), ("flip TTA", True)):
-        for amp in (False, True)[:2 if bf16_native else 1]:
+        for amp in amps:
             start = time.perf_counter()
             fer.evaluate(model, images, labels, torch.device("cpu"), amp=amp, tta=tta)
             rate = len(images) / (time.perf_counter() - start)
