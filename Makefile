@@ -31,6 +31,7 @@ help:  ## list the targets and their variables
 	@echo "  FER_DATA=$(FER_DATA)   dataset folder (Kaggle layout) or fer2013.csv"
 	@echo "  ARCHIVE=file           for make data: a downloaded archive.zip, fer2013.zip, fer2013.csv or .tar.gz"
 	@echo "  ARCH=$(ARCH)       for feature-extract/finetune: mobilenet_v2, resnet18 or vgg16"
+	@echo "  FER_WEIGHTS=dir        for feature-extract/finetune: a folder with <ARCH>_imagenet_features.pth (offline)"
 	@echo "  EPOCHS=n               training epochs (default: the script's recipe)"
 	@echo "  ARGS='...'             more flags for the script, e.g. ARGS='--seed 1 --lr 1e-3'"
 	@echo "  RUN=runs/DIR           run folder for evaluate (default: newest, now $(or $(RUN),none)) and release;"
@@ -54,7 +55,7 @@ baseline: data  ## train the baseline CNN (fast recipe), then evaluate it on Pri
 	$(TRAIN) train_baseline.py --run-dir "$$run" $(EPOCHS_FLAG) $(ARGS) && \
 	$(PYTHON) evaluate.py --run "$$run"
 
-baseline-seed: data  ## the same CNN with the seed's recipe (Adam 1e-3, plateau, 50 epochs, early stop)
+baseline-seed: data  ## the same CNN with the original project's recipe (Adam 1e-3, plateau, 50 epochs, early stop)
 	run=runs/$(STAMP)-baseline-seed && \
 	$(TRAIN) train_baseline.py --run-dir "$$run" --name baseline-seed --optimizer adamw --lr 1e-3 --weight-decay 0 \
 	  --schedule plateau --early-stop 10 --batch-size 64 --label-smoothing 0 --epochs $(or $(EPOCHS),50) $(ARGS) && \
@@ -75,10 +76,13 @@ choose-ensemble: $(VENV)  ## choose an ensemble among RUNS on PublicTest (ARGS='
 	@test -n "$(RUNS)" || { echo "name the runs: make choose-ensemble RUNS='runs/A runs/B runs/C'"; exit 1; }
 	$(PYTHON) choose_ensemble.py $(RUNS) $(ARGS)
 
-# Transfer learning. The MobileNetV2 ImageNet features in ../shared/weights work offline; elsewhere
-# ARCH=resnet18 or vgg16 take torchvision's ImageNet weights (downloaded once into $$TORCH_HOME).
+# Transfer learning. Offline ImageNet weights: FER_WEIGHTS names a folder holding <ARCH>_imagenet_features.pth
+# (a state dict of torchvision's network), e.g. make finetune FER_WEIGHTS=~/weights; without one, torchvision
+# downloads its ImageNet weights once into $$TORCH_HOME.
 ARCH     ?= mobilenet_v2
-WEIGHTS  ?= $(if $(findstring --weights none,$(ARGS)),,$(if $(wildcard ../shared/weights/$(ARCH)_imagenet_features.pth),--weights-path ../shared/weights/$(ARCH)_imagenet_features.pth))
+FER_WEIGHTS ?=
+WEIGHTS_FILE = $(if $(FER_WEIGHTS),$(wildcard $(FER_WEIGHTS)/$(ARCH)_imagenet_features.pth))
+WEIGHTS  ?= $(if $(findstring --weights none,$(ARGS)),,$(if $(WEIGHTS_FILE),--weights-path $(WEIGHTS_FILE)))
 # The end of the run folder's name, as train_transfer.py names its runs: mobilenet_v2-finetune-pretrained.
 START    = $(if $(findstring --weights none,$(ARGS)),scratch,pretrained)
 

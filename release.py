@@ -27,8 +27,9 @@ import torch
 import fer
 
 COPIED = ["config.json", "eval_test.json", "confusion_test.png", "metrics.jsonl", "curves.png"]
-# config.json entries that are records, not command-line settings.
-NOT_SETTINGS = {"device", "processes", "torch_version", "git_commit", "run_dir"}
+# config.json entries that are records, not command-line settings. "data" is where the run found the data on
+# the machine that trained it; the command trains on $FER_DATA or data/fer2013, wherever it is run.
+NOT_SETTINGS = {"data", "device", "processes", "torch_version", "git_commit", "run_dir"}
 # Settings added after some runs were made, with the value those runs had: --jitter joined VGGNet's recipe later.
 BEFORE_IT_EXISTED = {"jitter": 0.0}
 

@@ -63,7 +63,8 @@ def test_the_training_command_in_release_md_trains_the_same_run(trained, tmp_pat
     command = next(line for line in card.splitlines() if "training command" in line).split("`")[1]
     words = shlex.split(command)
     assert words[:2] == ["python", "train_baseline.py"]
-    result = run_script(words[1], *words[2:], cwd=tmp_path, FER_CACHE=str(root / "cache"))
+    result = run_script(words[1], *words[2:], cwd=tmp_path, FER_CACHE=str(root / "cache"),
+                        FER_DATA=json.loads((run / "config.json").read_text())["data"])  # the command names no data
     assert result.returncode == 0, result.stderr
     [again] = (tmp_path / "runs").iterdir()
     original, repeated = ({key: value for key, value in json.loads((folder / "config.json").read_text()).items()
