@@ -50,13 +50,19 @@ def plot_confusion(counts, title, path):
     plt.close(figure)
 
 
-def view_report(labels, probabilities, unseen):
-    """Everything reported for one set of test-time views, from the class probabilities."""
+def view_report(labels, probabilities, unseen, votes=None):
+    """Everything reported for one set of test-time views, from the class probabilities; with FER+ `votes`,
+    also how often the prediction is the crowd's majority emotion (over the images that have one)."""
     predictions = probabilities.argmax(1)
     report = fer.classification_report(labels, predictions)
     confusion = torch.tensor(report["confusion"])
     report.update(confusion_row_normalised=(confusion / confusion.sum(1, keepdim=True).clamp(min=1)).tolist(),
                   accuracy_without_train_duplicates=(predictions[unseen] == labels[unseen]).float().mean().item())
+    if votes is not None:
+        _, majority, has_label = fer.ferplus_labels(votes)
+        ferplus = fer.classification_report(majority[has_label], predictions[has_label])
+        report.update(ferplus_accuracy=ferplus["accuracy"], ferplus_macro_f1=ferplus["macro_f1"],
+                      ferplus_recall={name: row["recall"] for name, row in ferplus["per_class"].items()})
     return report
 
 
@@ -98,9 +104,12 @@ def main():
     chosen = {"single": per_view[:1]}
     if not args.single_view:
         chosen.update(flip=per_view[[0, len(per_view) // 2]], ten=per_view)
-    views = {name: view_report(labels, probabilities.mean(0), unseen) for name, probabilities in chosen.items()}
+    votes = data[args.split].get("votes")
+    views = {name: view_report(labels, probabilities.mean(0), unseen, votes) for name, probabilities in chosen.items()}
     report = dict(views["single"], split=SPLIT_NAMES[args.split], images=len(labels), runs=args.run,
                   images_without_train_duplicate=int(unseen.sum()), test_time_views=views)
+    if votes is not None:
+        report["ferplus_images"] = int(fer.ferplus_labels(votes)[2].sum())
     for name, key in (("flip", "flip_tta"), ("ten", "ten_view_tta")):
         if name in views:
             report.update({f"accuracy_{key}": views[name]["accuracy"], f"macro_f1_{key}": views[name]["macro_f1"]})
@@ -120,8 +129,10 @@ def main():
         view = views[name]
         print(f"{label:<20} accuracy {view['accuracy']:.2%}   macro-F1 {view['macro_f1']:.3f}   "
               f"disgust recall {view['per_class']['disgust']['recall']:.1%}   "
-              f"no copy in train {view['accuracy_without_train_duplicates']:.2%}")
-    print(f"({report['images_without_train_duplicate']} images have no copy in train)")
+              f"no copy in train {view['accuracy_without_train_duplicates']:.2%}"
+              + (f"   FER+ majority {view['ferplus_accuracy']:.2%}" if votes is not None else ""))
+    print(f"({report['images_without_train_duplicate']} images have no copy in train"
+          + (f"; {report['ferplus_images']} have a FER+ majority label)" if votes is not None else ")"))
     print(f"wrote {out / f'eval_{args.split}.json'} and {out / f'confusion_{args.split}.png'}")
 
 

@@ -213,9 +213,15 @@ def stratified_split(labels, fraction, seed):
     return keep.nonzero().flatten(), held_out
 
 
-def as_split(images, labels):
-    return {"images": torch.stack(images) if isinstance(images, list) else images,
-            "labels": torch.tensor(labels, dtype=torch.long) if isinstance(labels, list) else labels}
+def as_split(images, labels, keys=(), votes=None):
+    """One split as tensors; with `votes` (read_ferplus_votes) also each image's FER+ votes, looked up by `keys`
+    (NaN where an image has none)."""
+    split = {"images": torch.stack(images) if isinstance(images, list) else images,
+             "labels": torch.tensor(labels, dtype=torch.long) if isinstance(labels, list) else labels}
+    if votes:
+        missing = [math.nan] * len(FERPLUS_COLUMNS)
+        split["votes"] = torch.tensor([votes.get(key, missing) for key in keys], dtype=torch.float32)
+    return split
 
 
 def read_image_folders(root, val_fraction, seed):
@@ -223,16 +229,18 @@ def read_image_folders(root, val_fraction, seed):
     all_files = files["train"] + files["test"]
     if all(usage_of(path) for path, _ in all_files):
         # The original three-way split, recovered from the file names.
-        grouped = {split: ([], []) for split in USAGE_TO_SPLIT.values()}
+        grouped = {split: ([], [], []) for split in USAGE_TO_SPLIT.values()}
         for path, label in all_files:
-            images, labels = grouped[USAGE_TO_SPLIT[usage_of(path)]]
+            images, labels, keys = grouped[USAGE_TO_SPLIT[usage_of(path)]]
             images.append(read_image(path))
             labels.append(label)
+            keys.append(path.relative_to(root).as_posix())  # how FER+ votes name the image
         for usage, split in USAGE_TO_SPLIT.items():
             if not grouped[split][0]:
                 raise DataError(f"{root}: no {usage}_* images; expected Training_ files in train/ "
                                 f"and PublicTest_ and PrivateTest_ files in test/")
-        return {split: as_split(*grouped[split]) for split in ("train", "val", "test")}
+        votes = read_ferplus_votes(root / FERPLUS_VOTES, key_column="kaggle_path")
+        return {split: as_split(images, labels, keys, votes) for split, (images, labels, keys) in grouped.items()}
     print(f"{root}: file names carry no Training_/PublicTest_/PrivateTest_ prefixes, so a stratified "
           f"{val_fraction:.0%} validation split (seed {seed}) is carved from train/ and test/ is the test split")
     train = as_split([read_image(p) for p, _ in files["train"]], [label for _, label in files["train"]])
@@ -245,7 +253,7 @@ def read_image_folders(root, val_fraction, seed):
 
 def read_fer2013_csv(path):
     """The original fer2013.csv: columns emotion, pixels (2304 numbers), Usage."""
-    grouped = {split: ([], []) for split in USAGE_TO_SPLIT.values()}
+    grouped = {split: ([], [], []) for split in USAGE_TO_SPLIT.values()}
     with open(path, newline="", encoding="utf-8-sig") as file:  # -sig: also with the mark Excel puts first
         reader = csv.DictReader(file)
         try:
@@ -253,7 +261,7 @@ def read_fer2013_csv(path):
             if missing:
                 raise DataError(f"{path}: expected the columns emotion,pixels,Usage; missing {', '.join(sorted(missing))} "
                                 f"(found: {', '.join(reader.fieldnames or []) or 'nothing'})")
-            for row in reader:
+            for row_number, row in enumerate(reader):
                 try:
                     pixels = np.array(row["pixels"].split(), dtype=np.uint8).reshape(IMAGE_SIZE, IMAGE_SIZE)
                     label, split = int(row["emotion"]), USAGE_TO_SPLIT[row["Usage"]]
@@ -265,13 +273,81 @@ def read_fer2013_csv(path):
                                     f"and Usage Training/PublicTest/PrivateTest ({error!r})") from None
                 grouped[split][0].append(torch.from_numpy(pixels))
                 grouped[split][1].append(label)
+                grouped[split][2].append(row_number)  # FERPlus's fer2013new.csv follows these rows one to one
         # Binary data is no UTF-8 text (UnicodeDecodeError); NUL bytes and endless fields are no CSV (csv.Error).
         except (UnicodeDecodeError, csv.Error) as error:
             raise DataError(f"{path}: not a CSV text file; cannot read it near line {reader.line_num + 1} ({error})") from None
-    for split, (images, _) in grouped.items():
+    for split, (images, _, _) in grouped.items():
         if not images:
             raise DataError(f"{path}: no rows for the {split} split")
-    return {split: as_split(*grouped[split]) for split in ("train", "val", "test")}
+    votes = read_ferplus_votes(path.with_name(FERPLUS_CSV), key_column=None)
+    return {split: as_split(images, labels, rows, votes) for split, (images, labels, rows) in grouped.items()}
+
+
+# FER+ (Barsoum et al., 2016, MIT licence): ten crowd votes for every FER-2013 image, over these columns.
+FERPLUS_COLUMNS = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt", "unknown", "NF"]
+FERPLUS_VOTES = "ferplus_alignment.csv"  # in a Kaggle-layout folder: kaggle_path and the ten votes (make data)
+FERPLUS_CSV = "fer2013new.csv"  # beside fer2013.csv: FERPlus's own file, one row per fer2013.csv row
+# The columns of the seven FER-2013 emotions, in EMOTIONS order.
+FERPLUS_EMOTIONS = [FERPLUS_COLUMNS.index(name) for name in
+                    ("anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral")]
+
+
+def read_ferplus_votes(path, key_column):
+    """{key: ten vote counts} from a FER+ votes file, keyed by `key_column` (None: by row number); {} if the
+    file is absent, since FER+ votes are optional. Rows with empty votes, or no FER+ image name, have no votes."""
+    if not path.is_file():
+        return {}
+    votes = {}
+    with open(path, newline="", encoding="utf-8-sig") as file:
+        reader = csv.DictReader(file)
+        missing = set(FERPLUS_COLUMNS + [key_column or FERPLUS_COLUMNS[0]]) - set(reader.fieldnames or [])
+        if missing:
+            raise DataError(f"{path}: not a FER+ votes file; missing the columns {', '.join(sorted(missing))}")
+        for row_number, row in enumerate(reader):
+            if not row["neutral"].strip() or row.get("Image name", "named").strip() == "":
+                continue
+            try:
+                votes[row_number if key_column is None else row[key_column]] = [float(row[c]) for c in FERPLUS_COLUMNS]
+            except (ValueError, TypeError) as error:
+                raise DataError(f"{path}, line {reader.line_num}: expected ten vote counts ({error})") from None
+    return votes
+
+
+def ferplus_labels(votes):
+    """FER+ votes [N, 10] -> (vote distribution over EMOTIONS [N, 7], majority emotion [N], has_label [N]).
+
+    Only the seven FER-2013 emotions count: contempt, unknown and not-a-face have no class here. A single vote
+    of ten is dropped as noise, as FER+'s authors do. An image with no vote left (no FER+ entry, only single
+    votes, or only votes outside the seven) has no FER+ label: it is left out of FER+ training and scoring.
+    A tie goes to the emotion first in EMOTIONS."""
+    counts = votes[:, FERPLUS_EMOTIONS].nan_to_num(0)
+    counts = counts * (counts >= 2)
+    total = counts.sum(1)
+    has_label = total > 0
+    return counts / total.clamp(min=1).unsqueeze(1), counts.argmax(1), has_label
+
+
+def with_ferplus_labels(data):
+    """`data` relabelled by the FER+ crowd, for --labels ferplus: every split keeps its images that have a FER+
+    label; "labels" becomes the majority emotion (what validation selects on) and "targets" the vote
+    distribution (what the loss fits: a face half the crowd calls sad and half neutral teaches both)."""
+    if any("votes" not in split for split in data.values()):
+        raise DataError(f"--labels ferplus: no FER+ votes beside the dataset (expected {FERPLUS_VOTES} in the "
+                        f"Kaggle-layout folder, or {FERPLUS_CSV} beside fer2013.csv); `make data` gets them")
+    relabelled = {}
+    for name, split in data.items():
+        distribution, majority, has_label = ferplus_labels(split["votes"])
+        relabelled[name] = {"images": split["images"][has_label], "labels": majority[has_label],
+                            "targets": distribution[has_label], "votes": split["votes"][has_label]}
+    return relabelled
+
+
+def load_training_data(config):
+    """The data a training script trains on: FER-2013, perhaps a fraction of its training images,
+    labelled by FER-2013's labels or by the FER+ crowd (config["labels"])."""
+    data = training_subset(load_fer2013(config["data"], seed=config["seed"]), config["train_fraction"], config["seed"])
+    return with_ferplus_labels(data) if config["labels"] == "ferplus" else data
 
 
 def training_subset(data, fraction, seed):
@@ -288,10 +364,10 @@ def source_fingerprint(source):
     source = source.resolve()  # the same key for ../shared/data and /work/shared/data
     digest = hashlib.sha1(str(source).encode())
     if source.is_file():
-        paths = [str(source)]
+        paths = [str(source)] + [str(p) for p in [source.with_name(FERPLUS_CSV)] if p.is_file()]
     else:  # os.walk + os.stat: 4x faster than Path.rglob on 35,887 files
         paths = sorted(os.path.join(folder, name) for folder, _, names in os.walk(source) for name in names
-                       if os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES)
+                       if os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES or name == FERPLUS_VOTES)
     for path in paths:
         stat = os.stat(path)
         digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode())
@@ -299,7 +375,8 @@ def source_fingerprint(source):
 
 
 def load_fer2013(root=DEFAULT_DATA, val_fraction=0.1, seed=0, cache_dir=None):
-    """FER-2013 as {"train"|"val"|"test": {"images": uint8 [N, 48, 48], "labels": int64 [N]}}.
+    """FER-2013 as {"train"|"val"|"test": {"images": uint8 [N, 48, 48], "labels": int64 [N]}}, and
+    "votes" (float [N, 10], FER+ crowd votes; NaN where an image has none) when the votes are beside the data.
 
     `root` is a Kaggle-layout folder, a fer2013.csv, or a folder holding fer2013.csv.
     Decoding 35,887 JPEGs takes a while, so the tensors are cached on disk, keyed by a
@@ -765,8 +842,9 @@ def update_ema(ema, model, decay, step):
     torch._foreach_lerp_([a for a, _ in pairs], [b for _, b in pairs], 1 - decay)
 
 
-def train_one_epoch(model, optimizer, loss_function, images, labels, config, epoch, progress, ema=None):
+def train_one_epoch(model, optimizer, loss_function, images, labels, config, epoch, progress, ema=None, targets=None):
     """One pass over a shuffled copy of the training set; updates `ema` (an averaged copy) if given.
+    The loss fits `targets` (FER+ vote distributions [N, 7]) where given, else `labels`.
     Returns (summed loss, correct predictions, images seen, images/s) of this process."""
     model.train()
     device = images.device
@@ -796,7 +874,7 @@ def train_one_epoch(model, optimizer, loss_function, images, labels, config, epo
                 inputs = jitter_brightness_contrast(inputs, config["jitter"])
             if config.get("erase"):
                 inputs = erase_random_rectangles(inputs, config["erase"])
-        targets = labels[batch]
+        batch_targets = labels[batch] if targets is None else targets[batch]
         if config.get("mixup"):
             # Mixup (Zhang et al., 2018): train on a blend of two images, with the loss blended alike.
             weight = torch.distributions.Beta(config["mixup"], config["mixup"]).sample().item()
@@ -804,16 +882,16 @@ def train_one_epoch(model, optimizer, loss_function, images, labels, config, epo
             inputs = weight * inputs + (1 - weight) * inputs[partner]
         with autocast(device, config["amp"]):
             logits = model(inputs)
-            loss = loss_function(logits.float(), targets)
+            loss = loss_function(logits.float(), batch_targets)  # CrossEntropyLoss takes class probabilities too
             if config.get("mixup"):
-                loss = weight * loss + (1 - weight) * loss_function(logits.float(), targets[partner])
+                loss = weight * loss + (1 - weight) * loss_function(logits.float(), batch_targets[partner])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if ema is not None:
             update_ema(ema, model, config["ema"], global_step)
         loss_sum += loss.detach() * len(batch)
-        correct += (logits.argmax(1) == targets).sum()
+        correct += (logits.argmax(1) == labels[batch]).sum()
         seen += len(batch)
         if sys.stdout.isatty() and step % 20 == 0:
             print(f"\r  epoch {epoch}: {seen}/{steps * batch_size} images, loss {loss_sum.item() / seen:.3f}, "
@@ -842,6 +920,7 @@ def train(model, data, config, run_dir):
     # are index slices, so there is no DataLoader and no worker process.
     train_images = data["train"]["images"].to(device)
     train_labels = data["train"]["labels"].to(device)
+    train_targets = data["train"]["targets"].to(device) if "targets" in data["train"] else None
     optimizer = make_optimizer(model, config)
     weights = class_weights(data["train"]["labels"]).to(device) if config["class_weights"] else None
     loss_function = nn.CrossEntropyLoss(weight=weights, label_smoothing=config["label_smoothing"])
@@ -872,7 +951,8 @@ def train(model, data, config, run_dir):
             # repeats them exactly, and for every process (7919, a prime, keeps the seeds apart).
             torch.manual_seed(config["seed"] * 1000 + epoch + 7919 * rank)
             loss_sum, correct, seen, images_per_s = train_one_epoch(
-                training_model, optimizer, loss_function, train_images, train_labels, config, epoch, progress, ema)
+                training_model, optimizer, loss_function, train_images, train_labels, config, epoch, progress, ema,
+                train_targets)
             # Each process validates a shard; the sums over all shards give every process the same numbers.
             val_images, val_labels = data["val"]["images"][rank::world_size], data["val"]["labels"][rank::world_size]
             val = evaluate(ema or model, val_images, val_labels, device, config["amp"])
@@ -1107,6 +1187,8 @@ def add_training_arguments(parser, **defaults):
     add("--amp", choices=["auto", "on", "off"], default="auto", help="bfloat16 autocast; auto = on where bf16 is "
         "native: GPUs from Ampere on, CPUs with AVX-512 BF16 or AMX (default: %(default)s)")
     add("--seed", type=int, default=0, help="(default: %(default)s)")
+    add("--labels", choices=["fer2013", "ferplus"], default="fer2013", help="fer2013: the dataset's own labels; "
+        "ferplus: the FER+ crowd's vote distributions, selected on FER+ majority accuracy (default: %(default)s)")
     add("--train-fraction", type=float, default=1.0, help="train on this stratified fraction of the training "
         "images, e.g. 0.1 (default: %(default)s)")
     add("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")

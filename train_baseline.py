@@ -76,8 +76,7 @@ def main():
     fer.init_distributed()  # a no-op unless started by torchrun
     try:
         config, run_dir = fer.resolve_config(args, arch=args.arch)
-        data = fer.training_subset(fer.load_fer2013(config["data"], seed=config["seed"]),
-                                   config.get("train_fraction", 1.0), config["seed"])
+        data = fer.load_training_data(config)
         run_dir = run_dir or fer.make_run_dir(config)
         torch.manual_seed(config["seed"])
         model = fer.build_model(config)

@@ -101,8 +101,7 @@ def main():
     fer.init_distributed()  # a no-op unless started by torchrun
     try:
         config, run_dir = parse_config()
-        data = fer.training_subset(fer.load_fer2013(config["data"], seed=config["seed"]),
-                                   config.get("train_fraction", 1.0), config["seed"])
+        data = fer.load_training_data(config)
         backbone_weights = None if run_dir else fer.starting_weights(config)
         if config["weights"] == "none":
             print("--weights none: the backbone starts from random weights (training from scratch, on purpose)")
