@@ -103,7 +103,7 @@ def bench_our_data_pipeline(train_images, batch_size, seconds):
 
 
 def bench_seed_data_pipeline(data_root, batch_size, seconds):
-    """The seed's style: ImageFolder + per-image PIL transforms + DataLoader worker processes."""
+    """The original project's style: ImageFolder + per-image PIL transforms + DataLoader worker processes."""
     from torchvision import datasets, transforms
 
     transform = transforms.Compose([

@@ -51,7 +51,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="run folders written by train_*.py")
     parser.add_argument("--budget", type=float, default=180.0, help="most training minutes of all members "
-                        "together (default: %(default)s, issue '73%% on two CPU cores')")
+                        "together (default: %(default)s)")
     parser.add_argument("--top", type=int, default=10, help="combinations to list (default: %(default)s)")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     args = parser.parse_args()

@@ -36,7 +36,7 @@ def summarise(run_dir):
     config = json.loads((run_dir / "config.json").read_text())
     report = json.loads((run_dir / "eval_test.json").read_text())
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    recipe = "seed's recipe (plateau)" if config["schedule"] == "plateau" else f"our recipe ({config['optimizer']}, cosine)"
+    recipe = "original project's recipe (plateau)" if config["schedule"] == "plateau" else f"our recipe ({config['optimizer']}, cosine)"
     mode = config.get("mode", recipe)
     return {
         "run": run_dir.name, "model": config["arch"] + (f" {config['input_size']}px" if "input_size" in config else ""),

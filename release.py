@@ -127,10 +127,10 @@ def build_release(run_dir, out, data=None):
             if (run_dir / name).is_file():
                 shutil.copy2(run_dir / name, staging / name)
         # The stripped checkpoint must load as a run folder and predict exactly what the source does.
-        cpu, probe = torch.device("cpu"), torch.randint(0, 256, (32, fer.IMAGE_SIZE, fer.IMAGE_SIZE), dtype=torch.uint8)
+        cpu, faces = torch.device("cpu"), torch.randint(0, 256, (32, fer.IMAGE_SIZE, fer.IMAGE_SIZE), dtype=torch.uint8)
         released, config = fer.load_run(staging, cpu)
-        if not torch.equal(fer.predict_probabilities(released, probe, cpu),
-                           fer.predict_probabilities(fer.load_run(run_dir, cpu)[0], probe, cpu)):
+        if not torch.equal(fer.predict_probabilities(released, faces, cpu),
+                           fer.predict_probabilities(fer.load_run(run_dir, cpu)[0], faces, cpu)):
             raise RuntimeError(f"the stripped checkpoint predicts differently from {run_dir / 'best.pt'}")
         size_mb = sum(f.stat().st_size for f in staging.iterdir()) / 1e6
         card = model_card(run_dir, config, checkpoint, report, size_mb, fer.count_parameters(released))

@@ -20,9 +20,9 @@ CONFIG = training_config(epochs=1, batch_size=8, flip=False, rotate=0, zoom=0, t
 
 
 def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        return listener.getsockname()[1]
 
 
 def no_dropout_net():

@@ -1,4 +1,4 @@
-"""The baseline CNN is the seed's network, and it can learn."""
+"""The baseline CNN is the original project's network, and it can learn."""
 import torch
 import torch.nn as nn
 

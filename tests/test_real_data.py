@@ -1,4 +1,4 @@
-"""Checks against the real FER-2013, when FER_DATA names a copy (CI points it at ../shared)."""
+"""Checks against the real FER-2013, when FER_DATA names a copy (.ci/run points it at the CI machine's copy)."""
 import os
 from pathlib import Path
 

@@ -95,7 +95,7 @@ def test_weights_file_of_another_network_fails_loudly(tmp_path):
 
 
 def test_weights_file_without_classifier_loads(tmp_path):
-    """Like ../shared/weights/mobilenet_v2_imagenet_features.pth: features only, no classifier."""
+    """Like a mobilenet_v2_imagenet_features.pth in FER_WEIGHTS: features only, no classifier."""
     state = {k: v for k, v in stand_in_weights("mobilenet_v2").items() if not k.startswith("classifier.")}
     path = tmp_path / "features.pth"
     torch.save(state, path)
