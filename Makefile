@@ -7,6 +7,8 @@ EPOCHS   ?=
 ARGS     ?=
 # A FER-2013 download for make data to unpack: make data ARCHIVE=~/Downloads/archive.zip
 ARCHIVE  ?=
+# FERPlus's fer2013new.csv, for make data offline: make data FERPLUS=~/Downloads/fer2013new.csv
+FERPLUS  ?=
 # The photos predict looks at: make predict IMAGES="a.jpg b.jpg".
 IMAGES   ?=
 # Processes for training: NPROC=2 launches through torchrun (one per GPU, or gloo on CPUs).
@@ -48,7 +50,7 @@ $(VENV): requirements.txt
 	touch $@
 
 data: $(VENV)  ## get FER-2013 into FER_DATA: check it, else unpack ARCHIVE (or one in data/), else download it
-	$(PYTHON) get_data.py $(if $(ARCHIVE),--archive "$(ARCHIVE)")
+	$(PYTHON) get_data.py $(if $(ARCHIVE),--archive "$(ARCHIVE)") $(if $(FERPLUS),--ferplus "$(FERPLUS)")
 
 baseline: data  ## train the baseline CNN (fast recipe), then evaluate it on PrivateTest
 	run=runs/$(STAMP)-baseline && \

@@ -11,12 +11,24 @@ the published 28,709 / 3,589 / 3,589 (a subset, say) is used, with a note. Steps
 folder beside the target, check its layout, rename it into place in one step, then decode it (removing it
 again if that fails): an interrupted or failed run never leaves a data/fer2013 that passes for complete.
 
-    python get_data.py [--data PATH] [--archive FILE]
+Then the FER+ crowd votes (Barsoum et al., 2016, MIT licence), ten per image: FERPlus's fer2013new.csv,
+given with --ferplus, found in data/, or downloaded from GitHub. Its rows follow fer2013.csv's rows, so
+beside a fer2013.csv it is copied as it is. Kaggle's file names carry no row number: for the Kaggle layout,
+the alignment shipped in data/ferplus_alignment.csv.gz (Kaggle file -> fer2013.csv row) joins the votes
+into ferplus_alignment.csv in the dataset folder. Votes already in place are kept. The votes are optional:
+without them everything works but --labels ferplus and the FER+ scores.
+
+    python get_data.py [--data PATH] [--archive FILE] [--ferplus FILE]
 """
 import argparse
+import csv
+import gzip
+import http.client
+import io
 import shutil
 import sys
 import tarfile
+import urllib.request
 import zipfile
 import zlib
 from pathlib import Path
@@ -127,20 +139,133 @@ def get_fer2013(target, archive=None):
         raise
 
 
+FERPLUS_URL = "https://raw.githubusercontent.com/microsoft/FERPlus/master/fer2013new.csv"
+FERPLUS_FILE_COLUMNS = ["Usage", "Image name", *fer.FERPLUS_COLUMNS]
+# Every Kaggle file with its fer2013.csv row (0-based), found once by matching pixels: FERPlus's images are
+# fer2013.csv's pixels, Kaggle's files JPEG copies of them. The 177 files FER+ has no image for (their row's
+# image name is blank in fer2013new.csv, or reused by a later row) are listed with an empty row.
+ALIGNMENT = Path(__file__).resolve().parent / "data" / "ferplus_alignment.csv.gz"
+
+
+def how_to_get_ferplus(reason, target):
+    return (f"{reason}\nFER-2013 works without the FER+ votes. To add them, download {FERPLUS_URL}\n"
+            f"and run `make data FERPLUS=path/to/fer2013new.csv` (or put it at {target.parent / fer.FERPLUS_CSV}).")
+
+
+def download_ferplus():
+    """FERPlus's fer2013new.csv, as text."""
+    print(f"downloading {FERPLUS_URL}")
+    with urllib.request.urlopen(FERPLUS_URL, timeout=30) as response:
+        return response.read().decode("utf-8-sig")
+
+
+def read_ferplus_csv(text, source, expected_rows):
+    """The rows of a fer2013new.csv, checked: FERPlus's columns, and one row for each fer2013.csv row."""
+    reader = csv.DictReader(io.StringIO(text))
+    try:
+        missing = set(FERPLUS_FILE_COLUMNS) - set(reader.fieldnames or [])
+        if missing:
+            raise fer.DataError(f"{source}: not FERPlus's fer2013new.csv; "
+                                f"missing the columns {', '.join(sorted(missing))}")
+        rows = list(reader)
+    except csv.Error as error:
+        raise fer.DataError(f"{source}: not a CSV text file ({error})") from None
+    if len(rows) != expected_rows:
+        raise fer.DataError(f"{source}: {len(rows)} rows, but fer2013.csv has {expected_rows}; "
+                            f"fer2013new.csv must have one row for each of them, in the same order")
+    return rows
+
+
+def join_alignment(root, ferplus_rows):
+    """The rows of ferplus_alignment.csv for the Kaggle-layout folder `root`: each image with its fer2013.csv
+    row and that row's FER+ votes, through the shipped alignment; empty votes where there are none."""
+    with gzip.open(ALIGNMENT, "rt", newline="") as file:
+        row_of = {line["kaggle_path"]: line["fer2013_row"] for line in csv.DictReader(file)}
+    files = fer.list_image_folders(root)
+    joined = []
+    for kaggle_path in sorted(path.relative_to(root).as_posix() for path, _ in files["train"] + files["test"]):
+        usage, row = fer.usage_of(Path(kaggle_path)), row_of.get(kaggle_path, "")
+        entry = ferplus_rows[int(row)] if row else {}
+        if entry and entry["Usage"] != usage:  # a wrong file, or rows out of order, shows here
+            raise fer.DataError(f"fer2013new.csv row {row} is {entry['Usage']}, but {kaggle_path}, aligned "
+                                f"with it, is {usage}: this fer2013new.csv does not follow fer2013.csv's rows")
+        if not entry.get("Image name", "").strip():
+            entry = {}  # FER+ gave this row no image, so its votes mean nothing
+        joined.append({"kaggle_path": kaggle_path, "usage": usage or "", "fer2013_row": row,
+                       "ferplus_image_name": entry.get("Image name", ""),
+                       **{column: entry.get(column, "") for column in fer.FERPLUS_COLUMNS}})
+    unknown = sum(line["kaggle_path"] not in row_of for line in joined)
+    if unknown:
+        print(f"note: {unknown} of {len(joined)} images in {root} are not named as in Kaggle's {KAGGLE_DATASET}, "
+              f"so they have no FER+ votes")
+    return joined
+
+
+def get_ferplus(target, data, ferplus=None):
+    """Put FER+'s votes where fer.load_fer2013 finds them (see the module docstring); True if it wrote them."""
+    kaggle_layout = (target / "train").is_dir()
+    csv_file = target if target.is_file() else target / "fer2013.csv"
+    destination = target / fer.FERPLUS_VOTES if kaggle_layout else csv_file.with_name(fer.FERPLUS_CSV)
+    if destination.is_file():
+        print(f"{destination} is already there; keeping it" + (f" (so {ferplus} is not used)" if ferplus else ""))
+        return False
+    if ferplus and not ferplus.is_file():
+        raise fer.DataError(f"{ferplus}: no such file; expected FERPlus's fer2013new.csv")
+    ferplus = ferplus or next((path for path in [target.parent / fer.FERPLUS_CSV] if path.is_file()), None)
+    if ferplus:
+        try:
+            text, source = ferplus.read_text(encoding="utf-8-sig"), ferplus
+        except UnicodeDecodeError:
+            raise fer.DataError(f"{ferplus}: not a CSV text file; expected FERPlus's fer2013new.csv") from None
+    else:
+        try:
+            text, source = download_ferplus(), FERPLUS_URL
+        except (OSError, http.client.HTTPException) as error:  # offline, proxy, GitHub down: carry on without
+            print(how_to_get_ferplus(f"note: no FER+ votes: cannot download them ({type(error).__name__}: {error}).",
+                                     target))
+            return False
+    # The Kaggle layout goes through the alignment, made for the whole fer2013.csv, whatever subset is here.
+    expected_rows = sum(PUBLISHED_SIZES) if kaggle_layout else sum(len(split["labels"]) for split in data.values())
+    rows = read_ferplus_csv(text, source, expected_rows)
+    if kaggle_layout:
+        joined = join_alignment(target, rows)
+        if not any(line["fer2013_row"] for line in joined):
+            print(f"note: no FER+ votes: no image in {target} has a Kaggle file name the alignment knows")
+            return False
+        with open(f"{destination}.partial", "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=list(joined[0]), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(joined)
+    else:
+        Path(f"{destination}.partial").write_text(text)
+    Path(f"{destination}.partial").rename(destination)  # in one step: a file there is complete
+    print(f"wrote {destination} from {source}")
+    return True
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=fer.DEFAULT_DATA, help="where the dataset goes (default: %(default)s)")
     parser.add_argument("--archive", type=Path, default=None,
                         help="a downloaded archive.zip, fer2013.zip, fer2013.csv or .tar.gz (default: look in data/)")
+    parser.add_argument("--ferplus", type=Path, default=None,
+                        help="FERPlus's fer2013new.csv, downloaded already (default: data/fer2013new.csv if it is "
+                             "there, else download it)")
     args = parser.parse_args()
     try:
         data = get_fer2013(Path(args.data), args.archive)
+        if get_ferplus(Path(args.data), data, args.ferplus):
+            data = fer.load_fer2013(args.data)  # decodes again, now with the votes: training finds it in the cache
     except fer.DataError as error:
         sys.exit(f"error: {error}")
     for split, name in (("train", "Training"), ("val", "PublicTest"), ("test", "PrivateTest")):
         counts = torch.bincount(data[split]["labels"], minlength=len(fer.EMOTIONS)).tolist()
         print(f"{split:<5} ({name:<11}) {len(data[split]['labels']):>6} images: "
               + ", ".join(f"{emotion} {count}" for emotion, count in zip(fer.EMOTIONS, counts)))
+    if "votes" in data["train"]:
+        has_votes = {split: ~data[split]["votes"].isnan().any(1) for split in ("train", "val", "test")}
+        print("FER+ votes for " + ", ".join(f"{int(voted.sum())} of {len(voted)} {split}"
+                                            for split, voted in has_votes.items()) + " images")
     sizes = [len(data[split]["labels"]) for split in ("train", "val", "test")]
     if sizes != PUBLISHED_SIZES:
         print(f"note: the published split sizes are {', '.join(map(str, PUBLISHED_SIZES))}; this copy is a subset "
