@@ -126,7 +126,7 @@ evaluate: $(VENV)  ## evaluate RUN on PrivateTest (ARGS='--split val' for Public
 	$(PYTHON) evaluate.py --run $(RUN) $(ARGS)
 
 .PHONY: gradcam
-gradcam: $(VENV)  ## Grad-CAM of RUN (default: runs/release): class grids, class-mean maps (ARGS='--image face.jpg')
+gradcam: $(VENV)  ## Grad-CAM of RUN (default: runs/release) into gradcam/<run>/: class grids, class-mean maps (ARGS='--image photo.jpg')
 	$(PYTHON) gradcam.py $(PREDICT_RUN) $(ARGS)
 
 .PHONY: install-predict predict

@@ -3,14 +3,19 @@ Grad-CAM for a trained run: where on the face the model found the evidence for i
 
     python gradcam.py                                   # the released model (runs/release)
     python gradcam.py --run runs/DIR                    # per-class grids and class-mean maps, PrivateTest
-    python gradcam.py --run runs/DIR --image face.jpg   # explain one picture
+    python gradcam.py --run runs/DIR --image photo.jpg  # explain the faces in one picture
+    python gradcam.py --image crop.png --no-detect      # a picture that is already a face crop
     python gradcam.py --run runs/DIR --layer features.3 # another target layer (a named_modules name)
 
-Writes into the run folder: gradcam_<emotion>.png (for each true class, its 4 most confident correct and
-4 most confident wrong PrivateTest predictions), gradcam_class_means.png (the mean map of each class over
-its correctly classified images, alone and over the class's mean face), or gradcam_image_<name>.png.
-Every map explains the class the model predicted, at the last conv layer after its ReLU unless --layer
-names another (for resnet18, --layer backbone.layer4 is the output of the last residual block).
+Writes into --out (default: gradcam/<run folder name>/, created if needed; never into the run folder):
+gradcam_<emotion>.png (for each true class, its 4 most confident correct and 4 most confident wrong
+PrivateTest predictions), gradcam_class_means.png (the mean map of each class over its correctly
+classified images, alone and over the class's mean face), or gradcam_image_<name>.png (a row per face).
+The PrivateTest images come from --data, else $FER_DATA, else data/fer2013: the path in a run's config
+records where it was trained, on whatever machine that was. --image finds the faces as predict.py does,
+with OpenCV (make install-predict). Every map explains the class the model predicted, at the last conv
+layer after its ReLU unless --layer names another (for resnet18, --layer backbone.layer4 is the output
+of the last residual block).
 """
 import argparse
 import sys
@@ -23,6 +28,7 @@ import matplotlib.pyplot as plt
 import torch
 
 import fer
+import predict
 
 PER_ROW = 4  # correct and wrong examples shown for each class
 
@@ -102,14 +108,28 @@ def plot_class_means(images, labels, probabilities, cams, title, path):
     save(figure, path)
 
 
-def plot_single_image(face, probabilities, cam, path):
-    figure, (face_axes, cam_axes, bar_axes) = plt.subplots(1, 3, figsize=(10, 3.4))
-    predicted = probabilities.argmax().item()
-    show(face_axes, face, None, "input, 48x48 grayscale")
-    show(cam_axes, face, cam, f"Grad-CAM of {fer.EMOTIONS[predicted]} ({probabilities[predicted]:.0%})")
-    bar_axes.barh(fer.EMOTIONS, probabilities.tolist())
-    bar_axes.invert_yaxis()
-    bar_axes.set(xlim=(0, 1), title="probabilities")
+def faces_in_picture(path, detect):
+    """(uint8 face crops [N, 48, 48], their boxes): the faces predict.py finds in the picture at `path`,
+    cropped as it crops them; with detect=False the whole picture is one face crop. A whole photo shrunk
+    to 48x48 would show the model a face a few pixels wide."""
+    image = predict.open_image(Path(path))
+    boxes = predict.find_faces(predict.load_face_detector(), image) if detect else [[0, 0, image.width, image.height]]
+    if not boxes:
+        raise fer.DataError(f"{path}: no face found (for an image that is already a face crop, pass --no-detect)")
+    return predict.crop_faces(image, boxes), boxes
+
+
+def plot_faces(faces, boxes, probabilities, cams, path):
+    """A row per face: the 48x48 crop the model sees, its Grad-CAM, its seven probabilities."""
+    figure, axes = plt.subplots(len(faces), 3, figsize=(10, 3.4 * len(faces)), squeeze=False)
+    for (face_axes, cam_axes, bar_axes), face, box, face_probabilities, cam in zip(axes, faces, boxes,
+                                                                                 probabilities, cams):
+        predicted = face_probabilities.argmax().item()
+        show(face_axes, face, None, f"box {box}, as 48x48 grayscale")
+        show(cam_axes, face, cam, f"Grad-CAM of {fer.EMOTIONS[predicted]} ({face_probabilities[predicted]:.0%})")
+        bar_axes.barh(fer.EMOTIONS, face_probabilities.tolist())
+        bar_axes.invert_yaxis()
+        bar_axes.set(xlim=(0, 1), title="probabilities")
     save(figure, path)
 
 
@@ -117,39 +137,50 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, default=fer.RELEASED_RUN, help="run folder written by train_baseline.py "
                         "or train_transfer.py (default: runs/release, the released model)")
-    parser.add_argument("--image", help="explain this picture instead of the PrivateTest images")
+    parser.add_argument("--image", help="explain the faces in this picture instead of the PrivateTest images")
+    parser.add_argument("--no-detect", action="store_true", help="the --image is already a face crop, "
+                        "like FER-2013's: explain it whole, without searching it for faces")
     parser.add_argument("--layer", help="target layer, a name from model.named_modules() "
                         "(default: the last conv, after its ReLU)")
-    parser.add_argument("--data", help="dataset location (default: the one the run was trained on)")
+    parser.add_argument("--data", default=fer.DEFAULT_DATA, help="dataset folder or fer2013.csv for the "
+                        "PrivateTest maps (default: $FER_DATA, else data/fer2013)")
+    parser.add_argument("--out", type=Path, help="folder for the pictures (default: gradcam/<run folder name>)")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     args = parser.parse_args()
 
-    device, run_dir = fer.pick_device(args.device), Path(args.run)
+    run_dir = Path(args.run)
+    out = args.out or Path("gradcam") / run_dir.resolve().name
     try:
+        device = fer.pick_device(args.device)
         model, config = fer.load_run(run_dir, device)
         layer_name, layer = target_layer(model, args.layer, run_dir)
         layer_name += f" ({type(layer).__name__})"
         if args.image:
-            face = fer.read_image(args.image)
+            faces, boxes = faces_in_picture(args.image, detect=not args.no_detect)
         else:
-            data = fer.load_fer2013(args.data or config["data"], seed=config["seed"])
-    except fer.DataError as error:
+            data = fer.load_fer2013(args.data, seed=config["seed"])
+        out.mkdir(parents=True, exist_ok=True)
+    except (fer.DataError, OSError) as error:
         sys.exit(f"error: {error}")
 
     if args.image:
-        probabilities, cams = explain(model, face[None], layer, device)
-        path = run_dir / f"gradcam_image_{Path(args.image).stem}.png"
-        plot_single_image(face, probabilities[0], cams[0], path)
-        print(f"{args.image}: {fer.EMOTIONS[probabilities[0].argmax()]} ({probabilities[0].max():.0%}); wrote {path}")
+        probabilities, cams = explain(model, faces, layer, device)
+        path = out / f"gradcam_image_{Path(args.image).stem}.png"
+        plot_faces(faces, boxes, probabilities, cams, path)
+        for box, face_probabilities in zip(boxes, probabilities):
+            print(f"{args.image}: face at {box}: {fer.EMOTIONS[face_probabilities.argmax()]} "
+                  f"({face_probabilities.max():.0%})")
+        print(f"wrote {path}")
         return
     images, labels = data["test"]["images"], data["test"]["labels"]
     print(f"Grad-CAM of layer {layer_name} on PrivateTest ({len(labels)} images), model from {run_dir}")
     probabilities, cams = explain(model, images, layer, device)
     for emotion in fer.EMOTIONS:
-        plot_class_grid(emotion, images, labels, probabilities, cams, run_dir / f"gradcam_{emotion}.png")
-    plot_class_means(images, labels, probabilities, cams, f"{run_dir.name}\nmean Grad-CAM of layer {layer_name} "
-                     f"over each class's correctly classified PrivateTest images", run_dir / "gradcam_class_means.png")
-    print(f"wrote gradcam_<emotion>.png for {len(fer.EMOTIONS)} classes and gradcam_class_means.png into {run_dir}")
+        plot_class_grid(emotion, images, labels, probabilities, cams, out / f"gradcam_{emotion}.png")
+    plot_class_means(images, labels, probabilities, cams, f"{run_dir.resolve().name}\nmean Grad-CAM of layer "
+                     f"{layer_name} over each class's correctly classified PrivateTest images",
+                     out / "gradcam_class_means.png")
+    print(f"wrote gradcam_<emotion>.png for {len(fer.EMOTIONS)} classes and gradcam_class_means.png into {out}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,8 @@
-"""Grad-CAM against maps whose answer is known, and against a hook-free computation."""
+"""Grad-CAM against maps whose answer is known, and against a hook-free computation; gradcam.py finds its
+data and faces as the other tools do, and writes beside the run folder, never into it."""
+import json
+import sys
+
 import pytest
 import torch
 import torch.nn as nn
@@ -6,7 +10,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 import fer
-from conftest import write_kaggle_folder, run_script
+import gradcam
+import predict
+from conftest import PROJECT_DIR, run_script, training_config, write_kaggle_folder
+
+# A real photo (NASA, public domain) the repository ships for its README; OpenCV's Haar cascade finds her face.
+ASTRONAUT = PROJECT_DIR / "docs" / "astronaut.jpg"
 
 
 class TopLeftQuadrantModel(nn.Module):
@@ -119,19 +128,95 @@ def test_gradcam_writes_grids_class_means_and_single_image_explanations(tmp_path
     assert result.returncode == 0, result.stderr
     [run_dir] = (tmp_path / "runs").iterdir()
 
-    result = run_script("gradcam.py", "--run", str(run_dir), "--data", str(data), "--device", "cpu", cwd=tmp_path)
+    out = tmp_path / "cams"
+    result = run_script("gradcam.py", "--run", str(run_dir), "--data", str(data), "--device", "cpu",
+                        "--out", str(out), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     expected = {f"gradcam_{emotion}.png" for emotion in fer.EMOTIONS} | {"gradcam_class_means.png"}
-    assert expected <= {p.name for p in run_dir.iterdir()}
+    assert expected <= {p.name for p in out.iterdir()}
 
     Image.new("RGB", (64, 80), "gray").save(tmp_path / "face.jpg")
-    result = run_script("gradcam.py", "--run", str(run_dir), "--image", str(tmp_path / "face.jpg"),
-                        "--layer", "features.3", cwd=tmp_path)
+    result = run_script("gradcam.py", "--run", str(run_dir), "--image", str(tmp_path / "face.jpg"), "--no-detect",
+                        "--layer", "features.3", "--out", str(out), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert (run_dir / "gradcam_image_face.png").is_file()
+    assert (out / "gradcam_image_face.png").is_file()
 
     for bad_arguments, message in ((["--image", str(tmp_path / "missing.jpg")], "missing.jpg"),
                                    (["--layer", "features.99"], "features.99")):
         result = run_script("gradcam.py", "--run", str(run_dir), *bad_arguments, cwd=tmp_path)
         assert result.returncode != 0 and result.stderr.startswith("error:") and message in result.stderr
         assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    """A run folder as train_*.py leaves it, made on a machine whose dataset path is not there."""
+    torch.manual_seed(0)
+    config = training_config(data=str(tmp_path / "another-machine" / "fer2013"))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    torch.save({"model": fer.build_model(config).state_dict(), "config": config}, run_dir / "best.pt")
+    (run_dir / "config.json").write_text(json.dumps(config))
+    return run_dir
+
+
+def test_the_data_comes_from_data_then_fer_data_never_from_the_path_the_run_recorded(tmp_path, run_dir):
+    data = write_kaggle_folder(tmp_path / "fer2013")
+    result = run_script("gradcam.py", "--run", str(run_dir), cwd=tmp_path, FER_DATA=str(data))
+    assert result.returncode == 0, result.stderr
+    assert "PrivateTest (14 images)" in result.stdout
+    result = run_script("gradcam.py", "--run", str(run_dir), "--data", str(data), cwd=tmp_path,
+                        FER_DATA=str(tmp_path / "missing"))
+    assert result.returncode == 0, result.stderr
+
+
+def test_pictures_go_to_out_or_to_a_folder_named_for_the_run_never_into_the_run_folder(tmp_path, run_dir):
+    data = write_kaggle_folder(tmp_path / "fer2013")
+    run_files = sorted(run_dir.iterdir())
+    result = run_script("gradcam.py", "--run", str(run_dir), "--data", str(data), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "gradcam" / "run" / "gradcam_class_means.png").is_file()
+
+    Image.fromarray(fer.load_fer2013(data)["test"]["images"][0].numpy()).save(tmp_path / "crop.png")
+    out = tmp_path / "new" / "folder"
+    result = run_script("gradcam.py", "--run", str(run_dir), "--image", str(tmp_path / "crop.png"), "--no-detect",
+                        "--out", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert [path.name for path in out.iterdir()] == ["gradcam_image_crop.png"]
+    assert sorted(run_dir.iterdir()) == run_files
+
+
+def test_a_photo_is_explained_at_the_face_predict_finds_not_shrunk_whole(tmp_path, run_dir, monkeypatch, capsys):
+    pytest.importorskip("cv2", reason="face detection needs OpenCV: make install-predict")
+    faces, boxes = gradcam.faces_in_picture(ASTRONAUT, detect=True)
+    [(left, top, width, height)] = boxes
+    assert abs(left + width / 2 - 224) < 15 and abs(top + height / 2 - 114) < 15  # on her face
+    assert torch.equal(faces, predict.crop_faces(predict.open_image(ASTRONAUT), boxes))
+
+    monkeypatch.setattr(sys, "argv", ["gradcam.py", "--run", str(run_dir), "--image", str(ASTRONAUT),
+                                      "--out", str(tmp_path / "out")])
+    gradcam.main()
+    assert f"face at {boxes[0]}" in capsys.readouterr().out
+    assert (tmp_path / "out" / "gradcam_image_astronaut.png").is_file()
+
+
+def test_a_picture_without_a_face_is_an_error_that_suggests_no_detect(tmp_path, run_dir, monkeypatch):
+    pytest.importorskip("cv2", reason="face detection needs OpenCV: make install-predict")
+    wall = tmp_path / "wall.png"
+    Image.new("RGB", (320, 240), (180, 170, 160)).save(wall)
+    monkeypatch.setattr(sys, "argv", ["gradcam.py", "--run", str(run_dir), "--image", str(wall)])
+    with pytest.raises(SystemExit, match=f"error: {wall}: no face found .*pass --no-detect"):
+        gradcam.main()
+
+
+def test_without_opencv_it_says_how_to_install_it_and_no_detect_still_works(tmp_path, run_dir, monkeypatch):
+    monkeypatch.setitem(sys.modules, "cv2", None)  # makes `import cv2` raise ImportError
+    crop = tmp_path / "crop.png"
+    Image.new("L", (48, 48), 128).save(crop)
+    arguments = ["gradcam.py", "--run", str(run_dir), "--image", str(crop), "--out", str(tmp_path / "out")]
+    monkeypatch.setattr(sys, "argv", arguments)
+    with pytest.raises(SystemExit, match="error: .*need OpenCV: run `make install-predict`.*--no-detect"):
+        gradcam.main()
+    monkeypatch.setattr(sys, "argv", arguments + ["--no-detect"])
+    gradcam.main()
+    assert (tmp_path / "out" / "gradcam_image_crop.png").is_file()

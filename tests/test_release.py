@@ -129,12 +129,13 @@ def test_gradcam_without_run_uses_the_released_model(trained, tmp_path, monkeypa
     face = tmp_path / "face.png"
     Image.new("L", (48, 48), 128).save(face)
     monkeypatch.setattr(fer, "RELEASED_RUN", tmp_path / "release")
-    monkeypatch.setattr(sys, "argv", ["gradcam.py", "--image", str(face)])
+    monkeypatch.setattr(sys, "argv", ["gradcam.py", "--image", str(face), "--no-detect",
+                                      "--out", str(tmp_path / "cams")])
     with pytest.raises(SystemExit, match="no released model"):
         gradcam.main()
     release.build_release(run, tmp_path / "release")
     gradcam.main()
-    assert (tmp_path / "release" / "gradcam_image_face.png").is_file()
+    assert (tmp_path / "cams" / "gradcam_image_face.png").is_file()
     assert "face.png" in capsys.readouterr().out
 
 
