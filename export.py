@@ -4,6 +4,7 @@ Export a run's model to ONNX, then check the exported file against PyTorch with 
     python export.py                                  # the released model: runs/release/model.onnx
     python export.py --run runs/DIR                   # any run folder: runs/DIR/model.onnx
     python export.py --run runs/DIR face.jpg me.png   # check on these face crops instead of PrivateTest
+    python export.py --out onnx/model.onnx            # elsewhere (missing folders are created)
 
 The .onnx file takes float images [batch, 1, 48, 48], gray pixels scaled to [0, 1] (uint8 / 255, as
 fer.as_model_input makes them; any batch size), and returns the 7 class **probabilities** [batch, 7]
@@ -11,9 +12,11 @@ in fer.EMOTIONS order: the softmax is part of the graph, so a consumer gets what
 
 The check runs the same images through PyTorch (fer.predict_probabilities, float32) and onnxruntime,
 once as one batch and once an image at a time, prints the largest absolute difference, and exits with
-status 1 if it exceeds --tolerance. Check images, the first that is available: the face crops named on
-the command line; the run's PrivateTest images (fer.load_fer2013); random noise (checks the arithmetic
-only). Needs onnx, onnxscript and onnxruntime, which are not in requirements.txt: `make install-export`.
+status 1 if it exceeds --tolerance. The check images: the face crops named on the command line, else
+PrivateTest images of --data, else of $FER_DATA, else of data/fer2013 (the path in a run's config records
+where it was trained, on whatever machine that was). Without the dataset, and none named with --data,
+the check runs on random noise, with a warning: that checks the arithmetic, not faces. Needs onnx,
+onnxscript and onnxruntime, which are not in requirements.txt: `make install-export`.
 """
 import argparse
 import importlib
@@ -57,17 +60,17 @@ def check_images(args, config):
     """(uint8 images [N, 48, 48], what they are): the images to compare PyTorch and ONNX on."""
     if args.images:
         return torch.stack([fer.read_image(path) for path in args.images]), f"{len(args.images)} image(s) named"
-    data_path = args.data or config["data"]
-    try:
-        test = fer.load_fer2013(data_path, seed=config["seed"])["test"]["images"]
-        # Evenly spaced over the split: its images are grouped by class, so every emotion is in the sample.
-        test = test[torch.linspace(0, len(test) - 1, min(args.count, len(test))).long()]
-        return test, f"{len(test)} PrivateTest images of {data_path}"
-    except fer.DataError:
+    data_path = args.data or fer.DEFAULT_DATA
+    if args.data is None and not Path(data_path).exists():  # a dataset named with --data must be there
+        print(f"warning: no dataset at {data_path} (set --data or FER_DATA) and no face crops named: checking "
+              f"on {args.count} random-noise images, which checks the arithmetic, not faces", file=sys.stderr)
         noise = torch.randint(0, 256, (args.count, fer.IMAGE_SIZE, fer.IMAGE_SIZE), dtype=torch.uint8,
                               generator=torch.Generator().manual_seed(0))
-        return noise, (f"{args.count} random-noise images (no data at {data_path} and no images named): "
-                       f"this checks the arithmetic, not faces")
+        return noise, f"{args.count} random-noise images"
+    test = fer.load_fer2013(data_path, seed=config["seed"])["test"]["images"]
+    # Evenly spaced over the split: its images are grouped by class, so every emotion is in the sample.
+    test = test[torch.linspace(0, len(test) - 1, min(args.count, len(test))).long()]
+    return test, f"{len(test)} PrivateTest images of {data_path}"
 
 
 def main():
@@ -75,8 +78,10 @@ def main():
     parser.add_argument("images", nargs="*", help="face crops to check on (default: the run's PrivateTest images)")
     parser.add_argument("--run", type=Path, default=fer.RELEASED_RUN,
                         help="run folder written by train_*.py (default: the released model, runs/release)")
-    parser.add_argument("--out", type=Path, help="the .onnx file to write (default: RUN/model.onnx)")
-    parser.add_argument("--data", help="dataset for the check (default: the one the run was trained on)")
+    parser.add_argument("--out", type=Path, help="the .onnx file to write, its folder created if missing "
+                        "(default: RUN/model.onnx)")
+    parser.add_argument("--data", help="dataset for the check (default: $FER_DATA, else data/fer2013; "
+                        "if that is not there, random noise, with a warning)")
     parser.add_argument("--count", type=int, default=512, help="PrivateTest images to check on (default: %(default)s)")
     parser.add_argument("--tolerance", type=float, default=1e-4,
                         help="largest allowed difference between the probabilities (default: %(default)s)")
@@ -88,9 +93,10 @@ def main():
     try:
         model, config = fer.load_run(args.run, torch.device("cpu"))
         images, description = check_images(args, config)
-    except fer.DataError as error:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        export(model.eval(), out)
+    except (fer.DataError, OSError) as error:  # OSError: --out names a folder, or a place that cannot be written
         sys.exit(f"error: {error}")
-    export(model.eval(), out)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): {config['arch']} from {args.run}; input 'images' "
           f"float [batch, 1, 48, 48] in [0, 1], output 'probabilities' [batch, 7] ({', '.join(fer.EMOTIONS)})")
 

@@ -42,10 +42,11 @@ def onnx_probabilities(onnxruntime, path, images):
 
 def test_the_onnx_file_matches_pytorch_on_privatetest_at_batch_1_and_5(tmp_path, onnxruntime):
     data = write_kaggle_folder(tmp_path / "fer2013")
-    run = write_run(tmp_path / "run", training_config(width=4, data=str(data)))
-    result = run_script("export.py", "--run", str(run), cwd=tmp_path)
+    # The run was made on another machine: the check finds the data through FER_DATA, not the recorded path.
+    run = write_run(tmp_path / "run", training_config(width=4, data=str(tmp_path / "another-machine")))
+    result = run_script("export.py", "--run", str(run), cwd=tmp_path, FER_DATA=str(data))
     assert result.returncode == 0, result.stderr
-    assert "PrivateTest images of" in result.stdout and "largest absolute difference" in result.stdout
+    assert f"PrivateTest images of {data}" in result.stdout and "largest absolute difference" in result.stdout
     assert (run / "model.onnx").is_file()  # beside best.pt by default
 
     model, _ = fer.load_run(run, torch.device("cpu"))
@@ -82,6 +83,7 @@ def test_an_onnx_file_that_differs_from_the_model_fails_the_check(tmp_path, onnx
         real_export(changed, path)
 
     monkeypatch.setattr(export, "export", export_a_changed_model)
+    monkeypatch.setattr(fer, "DEFAULT_DATA", str(tmp_path / "no-data"))  # what FER_DATA sets
     monkeypatch.setattr(sys, "argv", ["export.py", "--run", str(run), "--count", "8"])
     with pytest.raises(SystemExit) as failure:
         export.main()
@@ -106,3 +108,41 @@ def test_a_missing_package_is_one_line_naming_make_install_export(tmp_path):
     assert result.returncode == 1
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert "onnxruntime" in result.stderr and "make install-export" in result.stderr
+
+
+def test_the_check_images_come_from_data_then_fer_data_never_from_the_path_the_run_recorded(tmp_path, monkeypatch):
+    data = write_kaggle_folder(tmp_path / "fer2013")
+    config = training_config(data=str(tmp_path / "another-machine"))
+    monkeypatch.setattr(fer, "DEFAULT_DATA", str(data))  # what FER_DATA sets
+    images, description = export.check_images(export.argparse.Namespace(images=[], data=None, count=5), config)
+    assert images.shape == (5, 48, 48) and description == f"5 PrivateTest images of {data}"
+    monkeypatch.setattr(fer, "DEFAULT_DATA", str(tmp_path / "missing"))
+    _, description = export.check_images(export.argparse.Namespace(images=[], data=str(data), count=5), config)
+    assert description == f"5 PrivateTest images of {data}"
+
+
+def test_without_the_dataset_the_check_on_random_noise_comes_with_a_warning(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(fer, "DEFAULT_DATA", str(tmp_path / "missing"))
+    args = export.argparse.Namespace(images=[], data=None, count=5)
+    images, description = export.check_images(args, training_config())
+    assert images.shape == (5, 48, 48) and description == "5 random-noise images"
+    warning = capsys.readouterr().err
+    assert warning.startswith(f"warning: no dataset at {tmp_path / 'missing'}") and "random-noise" in warning
+
+
+def test_a_dataset_named_with_data_must_be_there(tmp_path):
+    args = export.argparse.Namespace(images=[], data=str(tmp_path / "missing"), count=5)
+    with pytest.raises(fer.DataError, match="dataset not found"):
+        export.check_images(args, training_config())
+
+
+def test_out_in_a_folder_that_does_not_exist_yet_creates_the_folder(tmp_path, onnxruntime, monkeypatch):
+    run = write_run(tmp_path / "run", training_config(width=4))
+    out = tmp_path / "new" / "folder" / "model.onnx"
+    monkeypatch.setattr(fer, "DEFAULT_DATA", str(tmp_path / "no-data"))
+    monkeypatch.setattr(sys, "argv", ["export.py", "--run", str(run), "--count", "4", "--out", str(out)])
+    export.main()
+    assert out.is_file() and not (run / "model.onnx").exists()
+    monkeypatch.setattr(sys, "argv", ["export.py", "--run", str(run), "--count", "4", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match=f"error: .*Is a directory: '{tmp_path}'"):  # a folder is one error line
+        export.main()
