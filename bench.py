@@ -201,7 +201,7 @@ def main():
     seed = bench_seed_data_pipeline(args.data, 128, seconds)
     results["data_pipeline_images_per_s"] = {"ours": ours, "seed_style": seed}
     rows.append(("data: ours (resident tensor, batched aug)", f"{ours:,.0f} img/s", f"{ours / seed:.0f}x seed"))
-    rows.append(("data: seed style (ImageFolder+PIL+2 workers)", f"{seed:,.0f} img/s", ""))
+    rows.append(("data: original pipeline (ImageFolder+PIL+2 workers)", f"{seed:,.0f} img/s", ""))
 
     results["training_step"] = []
 

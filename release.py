@@ -15,6 +15,7 @@ is built in a hidden folder beside it, checked, then swapped in.
 import argparse
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -30,14 +31,25 @@ COPIED = ["config.json", "eval_test.json", "confusion_test.png", "metrics.jsonl"
 # config.json entries that are records, not command-line settings. "data" is where the run found the data on
 # the machine that trained it; the command trains on $FER_DATA or data/fer2013, wherever it is run.
 NOT_SETTINGS = {"data", "device", "processes", "torch_version", "git_commit", "run_dir"}
-# Settings added after some runs were made, with the value those runs had: --jitter joined VGGNet's recipe later.
-BEFORE_IT_EXISTED = {"jitter": 0.0}
+# Settings added after some runs were made, with the value those runs had: --jitter joined VGGNet's recipe
+# later, and --labels came with the FER+ votes.
+BEFORE_IT_EXISTED = {"jitter": 0.0, "labels": "fer2013"}
+
+
+def script_flags(script, arch):
+    """The long options the training script accepts for `arch`, read from its --help: config.json also
+    records settings without a flag (fixed in the code), which a command cannot and need not spell out."""
+    help_text = subprocess.run([sys.executable, str(fer.PROJECT_DIR / script), "--arch", arch, "--help"],
+                               capture_output=True, text=True, check=True).stdout
+    return set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", help_text))
 
 
 def training_command(config):
     """The command that trains this run again, rebuilt from config.json, which holds every resolved
-    setting (argparse's namespace), so every setting is spelled out, defaults included."""
+    setting (argparse's namespace): every setting the script has a flag for is spelled out, defaults
+    included, so a later change of a recipe's defaults does not change what the command trains."""
     script = "train_transfer.py" if config["arch"] in fer.HEAD_ATTRIBUTE else "train_baseline.py"
+    flags = script_flags(script, config["arch"])
     words = [f"torchrun --nproc_per_node={config['processes']}" if config.get("processes", 1) > 1 else "python", script]
     settings = dict(config)
     for key, value in BEFORE_IT_EXISTED.items():
@@ -48,13 +60,14 @@ def training_command(config):
             continue  # weights "file" is what --weights-path sets
         if key == "amp":  # resolved from --amp auto to what this machine did
             words += [flag, "on" if value else "off"]
-        elif key in ("flip", "channels_last"):  # on by default; the flags turn them off
-            words += [] if value else [f"--no-{key.replace('_', '-')}"]
-        elif key == "pool_first":  # on in VGGNet's recipe, off in older runs: spelled out either way
-            words += [flag if value else "--no-pool-first"]
-        elif isinstance(value, bool):
-            words += [flag] if value else []
-        elif isinstance(value, list):  # nargs options, e.g. --convs 1 2 2 2
+        elif isinstance(value, bool):  # a switch, --x or --no-x
+            flag = flag if value else "--no-" + key.replace("_", "-")
+            words += [flag] if flag in flags else []
+        elif flag not in flags:
+            continue  # no flag: built into the code the card's commit names
+        elif key == "weights_path":  # the file's name: where it lies is one machine's layout, like "data"
+            words += [flag, shlex.quote(Path(value).name)]
+        elif isinstance(value, list):  # nargs options
             words += [flag] + [shlex.quote(str(item)) for item in value]
         else:
             words += [flag, shlex.quote(str(value))]
@@ -96,7 +109,8 @@ def model_card(run_dir, config, checkpoint, report, size_mb, parameters):
         "| | |", "|---|---|",
         f"| source run | `{run_dir.as_posix()}` |",
         f"| model | {config['arch']}, {parameters:,} parameters |",
-        f"| training command | `{training_command(config)}` (from config.json) |",
+        f"| training command | `{training_command(config)}` (from config.json; the settings without a flag "
+        f"are built into the code) |",
         f"| git commit | `{config.get('git_commit') or 'unknown'}` |",
         f"| checkpoint | epoch {checkpoint.get('epoch', '?')} of {config['epochs']}, the best validation "
         f"(PublicTest) accuracy ({checkpoint.get('val_acc', float('nan')):.2%}) |",

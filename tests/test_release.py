@@ -73,11 +73,11 @@ def test_the_training_command_in_release_md_trains_the_same_run(trained, tmp_pat
     assert repeated == original
 
 
-def test_the_training_command_spells_out_pool_first_either_way():
-    # On in VGGNet's recipe, off in the runs before it: the command must say which.
-    for value, flag in ((True, "--pool-first"), (False, "--no-pool-first")):
-        words = release.training_command({"arch": "vggnet", "pool_first": value}).split()
-        assert flag in words and train_baseline.parse_args(words[2:]).pool_first is value
+def test_the_training_command_leaves_out_settings_without_a_flag():
+    # config.json also records settings built into the code; the command must still parse.
+    words = release.training_command({"arch": "vggnet", "epochs": 33, "built_in_setting": 3, "amp": True}).split()
+    assert "--built-in-setting" not in words and words[words.index("--amp") + 1] == "on"
+    assert train_baseline.parse_args(words[2:]).epochs == 33
 
 
 def test_the_training_command_of_a_run_older_than_jitter_turns_it_off():
