@@ -56,9 +56,9 @@ def main():
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     args = parser.parse_args()
 
-    device = fer.pick_device(args.device)
     probabilities, minutes = {}, {}
     try:
+        device = fer.pick_device(args.device)
         config = fer.load_checkpoint(Path(args.runs[0]) / "best.pt", "cpu")["config"]
         data = fer.load_fer2013(config["data"], seed=config["seed"])
         for run in args.runs:

@@ -89,8 +89,8 @@ def main():
                         help="no test-time augmentation: one forward pass per image instead of ten")
     args = parser.parse_args()
 
-    device = fer.pick_device(args.device)
     try:
+        device = fer.pick_device(args.device)
         models, configs = zip(*(fer.load_run(run, device) for run in args.run))
         data = fer.load_fer2013(args.data or configs[0]["data"], seed=configs[0]["seed"])
     except fer.DataError as error:

@@ -14,10 +14,12 @@ import json
 import math
 import os
 import pickle
+import pickletools
 import subprocess
 import sys
 import time
 import warnings
+import zipfile
 from datetime import timedelta
 from pathlib import Path
 
@@ -48,8 +50,18 @@ class DataError(Exception):
 
 
 def pick_device(requested=None):
+    """The torch.device of --device, or the GPU when there is one; a device this machine lacks is a DataError."""
     if requested:
-        return torch.device(requested)
+        try:
+            device = torch.device(requested)
+        except RuntimeError:  # torch lists all twenty device types it knows; these are the ones to try
+            raise DataError(f"--device {requested}: not a device; use cpu, cuda or cuda:N") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise DataError(f"--device {requested}: no CUDA GPU is available here; use --device cpu")
+        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+            raise DataError(f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                            f"numbered from 0")
+        return device
     # Under torchrun each process on a machine takes its own GPU.
     return torch.device(f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu")
 
@@ -1284,6 +1296,22 @@ def make_run_dir(config, runs_dir="runs"):
     return Path(config["run_dir"])
 
 
+def pickle_is_whole(path):
+    """Whether the pickle torch.load reads first in `path` (data.pkl in the zip archive torch.save writes,
+    else the file itself) is whole: pickletools parses its opcodes to the end without running any of them."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                [name] = [name for name in archive.namelist() if name.endswith("/data.pkl")]
+                data = archive.read(name)
+        else:
+            data = Path(path).read_bytes()
+        list(pickletools.genops(data))  # stops at the pickle's STOP opcode; raises on a cut or unknown one
+        return True
+    except Exception:
+        return False
+
+
 def load_checkpoint(path, device, keys=("model", "config")):
     """The dict that train() saved in `path` (best.pt or last.pt), checked to hold `keys`.
 
@@ -1301,11 +1329,14 @@ def load_checkpoint(path, device, keys=("model", "config")):
             warnings.simplefilter("ignore")
             checkpoint = torch.load(path, map_location=device, weights_only=True)
     # torch.load only reads, so whatever it raises means the file is no checkpoint: a zip cut short is a
-    # RuntimeError, an empty file an EOFError, a refused class or function an UnpicklingError naming its GLOBAL.
+    # RuntimeError, an empty file an EOFError. A whole pickle that the safe unpickler still refuses (an
+    # UnpicklingError) was written to hold more than tensors: Python objects, which could run code when
+    # loaded, or pickle protocol 0, 1, 4 or 5, which the safe unpickler does not read (torch.save writes 2).
     except Exception as error:
-        if isinstance(error, pickle.UnpicklingError) and "GLOBAL" in str(error):
-            raise DataError(f"{path}: not a checkpoint written by this project (it holds arbitrary Python "
-                            f"objects, which are not loaded)") from None
+        if isinstance(error, pickle.UnpicklingError) and pickle_is_whole(path):
+            raise DataError(f"{path}: refused, not loaded: not a plain checkpoint (its pickle holds Python "
+                            f"objects, which could run code, or is in a pickle protocol other than torch.save's); "
+                            f"expected a checkpoint written by train_*.py") from None
         raise DataError(f"{path}: truncated or damaged ({type(error).__name__}); "
                         f"expected a checkpoint written by train_*.py") from None
     if not isinstance(checkpoint, dict) or not set(keys) <= checkpoint.keys():

@@ -77,7 +77,7 @@ def missing_keys(path, marker):
     torch.save({"weights": torch.load(path, weights_only=True)["model"]}, path)  # a bare state dict, say
 
 
-DAMAGE = {malicious: "not a checkpoint written by this project (it holds arbitrary Python objects",
+DAMAGE = {malicious: "refused, not loaded: not a plain checkpoint (its pickle holds Python objects",
           truncated: "truncated or damaged",
           config_does_not_match_weights: "size mismatch for features.0.weight",
           missing_keys: "expected model, config, found keys weights"}
@@ -147,7 +147,7 @@ def test_train_transfer_resume_refuses_a_malicious_last_checkpoint(run_copy, tmp
     (run_copy / "config.json").write_text(json.dumps(config))
     malicious(run_copy / "last.pt", tmp_path / "code-ran")
     result = run_script("train_transfer.py", "--resume", str(run_copy), cwd=tmp_path)
-    assert_one_error_line(result, str(run_copy / "last.pt"), "arbitrary Python objects")
+    assert_one_error_line(result, str(run_copy / "last.pt"), "refused, not loaded")
     assert not (tmp_path / "code-ran").exists()
 
 
@@ -341,3 +341,42 @@ def test_under_torchrun_the_make_target_passes_the_same_run_dir_to_every_process
                             capture_output=True, text=True, timeout=60)
     assert re.search(r'torchrun --nproc_per_node=2 train_baseline.py --run-dir "\$run"', result.stdout)
     assert 'evaluate.py --run "$run"' in result.stdout
+
+
+# -----------------------------------------------------------------------------
+# Devices and refused checkpoints: every tool says what is wrong in one line
+
+
+def test_device_cuda_without_a_gpu_is_a_data_error_that_says_to_use_the_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(fer.DataError, match=re.escape("--device cuda: no CUDA GPU is available here; use --device cpu")):
+        fer.pick_device("cuda")
+    assert fer.pick_device("cpu") == fer.pick_device() == torch.device("cpu")
+
+
+def test_a_device_name_torch_does_not_know_is_a_data_error():
+    with pytest.raises(fer.DataError, match="--device gpu: not a device; use cpu, cuda or cuda:N"):
+        fer.pick_device("gpu")
+
+
+@pytest.mark.parametrize("script, arguments, status", [("evaluate.py", ["--run", "RUN"], 1),
+                                                       ("gradcam.py", ["--run", "RUN"], 1),
+                                                       ("choose_ensemble.py", ["RUN"], 1),
+                                                       ("predict.py", ["--run", "RUN", "face.png"], 2)])
+def test_scripts_say_device_cuda_needs_a_gpu_in_one_line(finished_run, tmp_path, script, arguments, status):
+    arguments = [str(finished_run) if argument == "RUN" else argument for argument in arguments]
+    # CUDA_VISIBLE_DEVICES="" hides every GPU: this machine has none to offer, whatever it holds.
+    result = run_script(script, *arguments, "--device", "cuda", cwd=tmp_path, CUDA_VISIBLE_DEVICES="")
+    assert result.stderr == "error: --device cuda: no CUDA GPU is available here; use --device cpu\n"
+    assert result.returncode == status  # predict.py: 2, a command that cannot work as given
+
+
+@pytest.mark.parametrize("protocol", range(6))  # every pickle protocol there is, 0 to 5
+def test_a_checkpoint_that_would_run_code_is_refused_by_name_in_any_pickle_protocol(run_copy, tmp_path, protocol):
+    checkpoint = torch.load(run_copy / "best.pt", weights_only=True)
+    checkpoint["config"] = RunsCodeWhenLoaded(tmp_path / "code-ran")
+    torch.save(checkpoint, run_copy / "best.pt", pickle_protocol=protocol)
+    with pytest.raises(fer.DataError, match="refused, not loaded: not a plain checkpoint") as error:
+        fer.load_run(run_copy, "cpu")
+    assert "damaged" not in str(error.value)
+    assert not (tmp_path / "code-ran").exists()
