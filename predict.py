@@ -14,7 +14,17 @@ Prints one JSON line per face: the image (for a video: the video, the frame inde
 a face number that follows the face from frame to frame), the box [left, top, width, height] in pixels,
 the top emotion and all seven probabilities. Nothing is written next to the inputs: --out DIR receives
 the annotated copies (per face a box, a label and a bar split into the seven probabilities), --csv FILE
-one row per face, --plot FILE each video's probabilities over time.
+one row per face, --plot FILE each video's probabilities over time. A picture or video without a face gets
+one line saying "no face": that is an answer, not an error.
+"""
+EXIT_CODES = """exit status:
+  0    every input was read (pictures and videos without a face included)
+  1    some inputs could not be read or decoded, or the model could not be loaded: one "error:" line
+       each; the other inputs were still analysed
+  2    the command cannot work as given (a wrong option, an output file that is also an input, --plot
+       without a video, a --device this machine lacks): one "error:" line, nothing is read
+  141  the program reading the output stopped early (`predict.py ... | head -1`): predict.py stops
+       quietly, as other Unix tools do
 """
 import argparse
 import contextlib
@@ -23,8 +33,10 @@ import itertools
 import json
 import math
 import os
+import stat
 import sys
 from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -40,15 +52,28 @@ MARGIN = 0.02
 # One colour per emotion (from matplotlib's tab10), for the boxes, the labels, the probability bars and the plot.
 COLOURS = dict(zip(fer.EMOTIONS, ["#d62728", "#8c564b", "#9467bd", "#2ca02c", "#1f77b4", "#ff7f0e", "#7f7f7f"]))
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
+# Pictures looked for in folders: those of the dataset, and the other formats Pillow decodes that photos come in.
+PICTURE_SUFFIXES = fer.IMAGE_SUFFIXES | {".webp", ".tif", ".tiff", ".gif"}
 # Annotated copies are named <name>.emotions.png and <name>.emotions.mp4: never read back as faces.
 OWN_OUTPUT = (".emotions.png", ".emotions.mp4")
 # Faces per forward pass: the crops of many images are classified together. On 3,589 PrivateTest crops
 # (--no-detect, one CPU thread, float32) 256 at a time took 1.4 ms of CPU per image, one at a time 3.3 ms.
 BATCH_SIZE = 256
-# Video frames are searched for faces at this width, the boxes scaled back: the Haar cascade takes 48 ms of
-# CPU on a 640x480 frame, 17 ms on a 320x240 copy, and still finds faces down to 2 x 24 = 48 pixels wide.
-# A whole 640x480 frame (decode, search, classify) then costs 20 ms of one CPU thread instead of 60.
-DETECT_WIDTH = 320
+# Faces are searched for on a copy at most this many pixels on its longer side, the boxes scaled back, and
+# must be at least MIN_FACE of the copy's shorter side (and the cascade's 24 pixels) wide. Both bound the
+# search to the sizes a face worth classifying has: at full size a 4000x2160 photo of two faces took 5.6 s
+# and gave 5 false faces (in hair, cloth, texture) besides the two, at 1024 pixels 0.3 s and the two.
+PHOTO_DETECT_SIDE = 1024
+MIN_FACE = 0.05
+# Video frames are searched at 320 pixels: the Haar cascade takes 48 ms of CPU on a 640x480 frame, 17 ms on
+# a 320x240 copy, and still finds faces down to 2 x 24 = 48 pixels wide. A whole 640x480 frame (decode,
+# search, classify) then costs 20 ms of one CPU thread instead of 60.
+VIDEO_DETECT_SIDE = 320
+# Two boxes overlapping this much (intersection over union) are one face: the same face found twice, or
+# a face and where it was in the previous analysed frame.
+SAME_FACE = 0.3
+# What --plot can write (matplotlib chooses the format by the name).
+PLOT_SUFFIXES = {".png", ".pdf", ".svg"}
 HOW_TO_INSTALL_OPENCV = ("finding faces, videos and the webcam need OpenCV: run `make install-predict` (or "
                          ".venv/bin/pip install -r requirements-predict.txt), or pass --no-detect for images that "
                          "are already face crops")
@@ -58,30 +83,78 @@ HOW_TO_INSTALL_OPENCV = ("finding faces, videos and the webcam need OpenCV: run 
 # Inputs: files, folders searched recursively, never predict.py's own output
 
 
-def list_inputs(arguments, out_dir):
-    """[(path, name)] for each file named and each image or video found under each folder named (sorted),
-    `name` being its path below that folder: the annotated copy keeps it under --out, so two photos
-    called 1.jpg in different folders do not overwrite each other's copy. Skipped: predict.py's own
-    output, that is files named *.emotions.png or *.emotions.mp4 and anything inside --out."""
-    out_dir = out_dir.resolve() if out_dir else None
+def check_readable(path):
+    """DataError unless `path` is a regular file this process may read, saying which it is not. Checked
+    before a decoder sees the file: Pillow and FFmpeg call all of these "cannot decode", and a FIFO
+    would block them."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise fer.DataError(f"{path}: no such file") from None
+    except OSError as error:  # a folder on the way that may not be searched, a name too long, ...
+        raise fer.DataError(f"{path}: {error.strerror.lower()}") from None
+    if stat.S_ISDIR(mode):
+        raise fer.DataError(f"{path}: a folder; expected an image or a video")
+    if not stat.S_ISREG(mode):
+        raise fer.DataError(f"{path}: not a regular file (a pipe, socket or device); expected an image or a video")
+    try:
+        open(path, "rb").close()
+    except OSError as error:  # PermissionError above all
+        raise fer.DataError(f"{path}: {error.strerror.lower()}") from None
 
-    def inside_out_dir(path):
-        return out_dir is not None and out_dir in (path.resolve(), *path.resolve().parents)
 
-    inputs = []
+def list_inputs(arguments, outputs, results):
+    """[(path, name)] for each file named and each picture or video found under each folder named (sorted),
+    `name` being its path below that folder. Each file once, however often it is named or found. Folders are
+    searched without reading back predict.py's output: annotated copies (*.emotions.png, *.emotions.mp4),
+    the --csv and --plot files and the --out folder. A folder that yields nothing, or cannot be searched,
+    is reported to `results`."""
+    outputs = {path.resolve() for path in outputs}
+    seen, inputs = set(), []
+
+    def add(path, name):
+        if path.resolve() not in seen:
+            seen.add(path.resolve())
+            inputs.append((path, name))
+
+    def cannot_search(error):
+        results.error(f"{error.filename}: cannot search this folder ({error.strerror.lower()})")
+
     for argument in map(Path, arguments):
-        if argument.name.endswith(OWN_OUTPUT) or inside_out_dir(argument):
-            continue
         if not argument.is_dir():
-            inputs.append((argument, Path(argument.name)))
+            if argument.name.endswith(OWN_OUTPUT):
+                results.warning(f"{argument}: skipped: an annotated copy predict.py wrote")
+            else:
+                add(argument, Path(argument.name))  # checked when it is read, in the order named
             continue
-        for folder, subfolders, names in os.walk(argument):
-            subfolders[:] = sorted(name for name in subfolders if not inside_out_dir(Path(folder, name)))
-            folder, below = Path(folder), Path(folder).relative_to(argument)
-            inputs += [(folder / name, below / name) for name in sorted(names)
-                       if os.path.splitext(name)[1].lower() in fer.IMAGE_SUFFIXES | VIDEO_SUFFIXES
-                       and not name.endswith(OWN_OUTPUT)]
+        found, errors = [], results.errors
+        for folder, subfolders, names in os.walk(argument, onerror=cannot_search):
+            subfolders[:] = sorted(name for name in subfolders if Path(folder, name).resolve() not in outputs)
+            found += [(Path(folder, name), Path(folder, name).relative_to(argument)) for name in sorted(names)
+                      if Path(name).suffix.lower() in PICTURE_SUFFIXES | VIDEO_SUFFIXES
+                      and not name.endswith(OWN_OUTPUT) and Path(folder, name).resolve() not in outputs]
+        if not found and results.errors == errors:
+            results.error(f"{argument}: no pictures or videos in this folder (looked for "
+                          f"{', '.join(sorted(PICTURE_SUFFIXES | VIDEO_SUFFIXES))})")
+        for path, name in found:
+            add(path, name)
     return inputs
+
+
+def with_unique_names(inputs):
+    """[(path, name)] -> [(path, name)] where no two names share a stem, ignoring case: each annotated copy,
+    <stem>.emotions.png or .mp4 under --out, gets a file of its own (A/1.jpg and B/1.jpg named on the
+    command line would both be 1; the second becomes 1-2)."""
+    taken, unique = set(), []
+    for path, name in inputs:
+        candidate = name
+        for number in itertools.count(2):
+            if str(candidate.with_suffix("")).lower() not in taken:
+                break
+            candidate = name.with_name(f"{name.stem}-{number}{name.suffix}")
+        taken.add(str(candidate.with_suffix("")).lower())
+        unique.append((path, candidate))
+    return unique
 
 
 def is_video(path):
@@ -91,8 +164,7 @@ def is_video(path):
 def open_image(path):
     """The picture at `path`, turned upright as the camera's EXIF orientation says. 16-bit and float gray
     become 8-bit gray here, once, so that detection, cropping and drawing all see the same picture."""
-    if not path.is_file():
-        raise fer.DataError(f"{path}: no such file")
+    check_readable(path)
     image = fer.open_image(path)  # DataError for anything Pillow cannot decode, decompression bombs included
     ImageOps.exif_transpose(image, in_place=True)
     if image.mode in ("I", "F") or image.mode.startswith("I;16"):
@@ -126,18 +198,20 @@ def load_face_detector():
     return cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
 
 
-def find_faces(detector, image, detect_width=None):
+def find_faces(detector, image, longest_side):
     """Boxes [left, top, width, height] of the frontal faces in `image`, widened by MARGIN, left to right.
-    With `detect_width`, the search runs on a copy scaled down to that width."""
+    The search runs on a copy at most `longest_side` pixels on its longer side, for faces at least MIN_FACE
+    of its shorter side wide."""
     import cv2
 
-    scale = detect_width / image.width if detect_width and image.width > detect_width else 1
+    scale = min(1, longest_side / max(image.size))
     gray = np.asarray(fer.to_8bit_gray(image))
     if scale < 1:
-        gray = cv2.resize(gray, (detect_width, round(image.height * scale)), interpolation=cv2.INTER_AREA)
-    boxes = np.asarray(detector.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5)).reshape(-1, 4)
+        gray = cv2.resize(gray, (round(image.width * scale), round(image.height * scale)), interpolation=cv2.INTER_AREA)
+    smallest = max(24, round(MIN_FACE * min(gray.shape)))  # 24: the cascade's own window
+    boxes = detector.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(smallest, smallest))
     widened = []
-    for left, top, width, height in sorted(np.round(boxes / scale).astype(int).tolist()):  # () when none found
+    for left, top, width, height in sorted(np.round(np.reshape(boxes, (-1, 4)) / scale).astype(int).tolist()):
         pad = round(MARGIN * width)
         right, bottom = min(image.width, left + width + pad), min(image.height, top + height + pad)
         left, top = max(0, left - pad), max(0, top - pad)
@@ -147,48 +221,62 @@ def find_faces(detector, image, detect_width=None):
 
 def crop_faces(image, boxes):
     """uint8 [N, 48, 48]: each box cut out of `image` and prepared exactly like the training images."""
-    return torch.stack([fer.prepare_face(image.crop((left, top, left + width, top + height)))
-                        for left, top, width, height in boxes])
+    crops = [fer.prepare_face(image if box == [0, 0, image.width, image.height]  # the whole image: no copy
+                              else image.crop((box[0], box[1], box[0] + box[2], box[1] + box[3])))
+             for box in boxes]
+    return torch.stack(crops) if crops else torch.empty(0, fer.IMAGE_SIZE, fer.IMAGE_SIZE, dtype=torch.uint8)
 
 
-def describe(box, probabilities):
-    return {"box": box, "emotion": fer.EMOTIONS[probabilities.argmax()],
+def describe(box, probabilities, number):
+    """One face's answer: its number (in a picture, left to right; in a video, its track), box, emotion and
+    probabilities. With no box: the answer for a picture or video without a face."""
+    if box is None:
+        return {"face": None, "box": None, "emotion": "no face", "probabilities": None}
+    return {"face": number, "box": box, "emotion": fer.EMOTIONS[probabilities.argmax()],
             "probabilities": {name: round(p, 4) for name, p in zip(fer.EMOTIONS, probabilities.tolist())}}
 
 
 def classify(model, crops, args):
     """Probabilities [N, 7] of uint8 face crops [N, 48, 48]."""
+    if len(crops) == 0:
+        return torch.empty(0, len(fer.EMOTIONS))
     return fer.predict_probabilities(model, crops, args.device, amp=args.amp, tta=args.tta, batch_size=BATCH_SIZE)
 
 
 def predict_images(inputs, model, detector, args, results):
-    """(path, name, faces) for each image that can be read, in order. The crops of many images go through
-    the model together; an image that cannot be read is reported to `results` and skipped."""
-    waiting, waiting_faces = [], 0  # (path, name, boxes, crops) of images read but not yet classified
+    """(path, name, faces) for each image that can be read, in order; `faces` is [] for a picture without
+    one. An image that cannot be read is reported to `results` and skipped. The crops of many images go
+    through the model together, while a second thread reads the next images (decoding and the model each
+    let go of Python's lock while they compute)."""
 
-    def classify_waiting():
-        probabilities = classify(model, torch.cat([crops for *_, crops in waiting]), args)
-        for path, name, boxes, _ in waiting:
-            yield path, name, [describe(box, face) for box, face in zip(boxes, probabilities[:len(boxes)])]
-            probabilities = probabilities[len(boxes):]
+    def read_batches():  # lists of (path, name, boxes, crops) with BATCH_SIZE faces, or the last few
+        batch, faces = [], 0
+        for path, name in inputs:
+            try:
+                image = open_image(path)
+                boxes = (find_faces(detector, image, PHOTO_DETECT_SIDE) if detector
+                         else [[0, 0, image.width, image.height]])
+            except fer.DataError as error:
+                results.error(error)
+                continue
+            batch.append((path, name, boxes, crop_faces(image, boxes)))
+            faces += len(boxes)
+            if faces >= BATCH_SIZE:
+                yield batch
+                batch, faces = [], 0
+        if batch:
+            yield batch
 
-    for path, name in inputs:
-        try:
-            image = open_image(path)
-            boxes = find_faces(detector, image) if detector else [[0, 0, image.width, image.height]]
-            if not boxes:
-                raise fer.DataError(f"{path}: no face found (for an image that is already a face crop, "
-                                    f"pass --no-detect)")
-        except fer.DataError as error:
-            results.error(error)
-            continue
-        waiting.append((path, name, boxes, crop_faces(image, boxes)))
-        waiting_faces += len(boxes)
-        if waiting_faces >= BATCH_SIZE:
-            yield from classify_waiting()
-            waiting, waiting_faces = [], 0
-    if waiting:
-        yield from classify_waiting()
+    batches = read_batches()
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        upcoming = reader.submit(next, batches, None)
+        while (batch := upcoming.result()) is not None:
+            upcoming = reader.submit(next, batches, None)  # read the next batch while this one is classified
+            probabilities = classify(model, torch.cat([crops for *_, crops in batch]), args)
+            for path, name, boxes, _ in batch:
+                yield path, name, [describe(box, face, number) for number, (box, face)
+                                   in enumerate(zip(boxes, probabilities[:len(boxes)]))]
+                probabilities = probabilities[len(boxes):]
 
 
 # -----------------------------------------------------------------------------
@@ -197,26 +285,34 @@ def predict_images(inputs, model, detector, args, results):
 
 class Results:
     """Where the answers go: a JSON line per face on stdout, a row per face in --csv, a line per problem
-    on stderr (and then exit status 1)."""
+    on stderr. `errors` counts the inputs that could not be read: exit status 1 if any."""
 
-    def __init__(self, csv_path=None):
-        self.failed = False
-        self.csv_file = open(csv_path, "w", newline="") if csv_path else None
-        self.csv = csv.writer(self.csv_file) if csv_path else None
-        if self.csv:
-            self.csv.writerow(["source", "frame", "time_s", "left", "top", "width", "height", "emotion", *fer.EMOTIONS])
+    def __init__(self):
+        self.errors, self.csv_file, self.csv = 0, None, None
+
+    def write_csv(self, path):
+        """From now on, also a row per face into the CSV file `path` (if one is given)."""
+        if path:
+            self.csv_file = open(path, "w", newline="", encoding="utf-8", errors="surrogateescape")
+            self.csv = csv.writer(self.csv_file)
+            self.csv.writerow(["source", "frame", "time_s", "face", "left", "top", "width", "height", "emotion",
+                               *fer.EMOTIONS])
 
     def face(self, face, **source):
-        """`source`: image=path, or video=path, frame=index, time_s=seconds."""
-        print(json.dumps({**source, **face}), flush=True)  # line by line, for a program reading along
+        """`source`: image=path, or video=path, frame=index, time_s=seconds. Paths are written as they are
+        (ensure_ascii=False), not as \\u escapes."""
+        print(json.dumps({**source, **face}, ensure_ascii=False), flush=True)  # line by line, for a reader
         if self.csv:
             self.csv.writerow([source.get("image") or source["video"], source.get("frame", ""),
-                               source.get("time_s", ""), *face["box"], face["emotion"],
-                               *face["probabilities"].values()])
+                               source.get("time_s", ""), face["face"], *(face["box"] or [""] * 4), face["emotion"],
+                               *(face["probabilities"] or {}).values()])
 
     def error(self, error):
         print(f"error: {error}", file=sys.stderr, flush=True)
-        self.failed = True
+        self.errors += 1
+
+    def warning(self, warning):
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
 
     def close(self):
         if self.csv_file:
@@ -290,18 +386,29 @@ class FaceTracks:
         return answers
 
 
+def without_duplicates(boxes):
+    """`boxes` less each box that overlaps an earlier one by SAME_FACE or more: one face found twice is one face."""
+    kept = []
+    for box in boxes:
+        if all(overlap(box, other) < SAME_FACE for other in kept):
+            kept.append(box)
+    return kept
+
+
 def find_faces_in_frame(detector, image, tracks):
-    """The faces in a video frame, searched for on a copy DETECT_WIDTH wide. A face of the previous frame
+    """The faces in a video frame, searched for on a copy VIDEO_DETECT_SIDE wide. A face of the previous frame
     missing there is looked for again at full size, in a region twice its size around its last box (in our
-    test video of a moving face, 1 frame of 150 was missed at 320 pixels wide; this found it again)."""
-    boxes = find_faces(detector, image, DETECT_WIDTH)
+    test video of a moving face, 1 frame of 150 was missed at 320 pixels wide; this found it again). A face
+    found both ways is kept once, as the first search found it: each copy would start a track of its own."""
+    boxes = find_faces(detector, image, VIDEO_DETECT_SIDE)
     for left, top, width, height in (track["box"] for track in tracks.tracks):
-        if any(overlap([left, top, width, height], box) >= 0.3 for box in boxes):
+        if any(overlap([left, top, width, height], box) >= SAME_FACE for box in boxes):
             continue
         region_left, region_top = max(0, left - width // 2), max(0, top - height // 2)
         region = image.crop((region_left, region_top, left + 3 * width // 2, top + 3 * height // 2))
-        boxes += [[x + region_left, y + region_top, w, h] for x, y, w, h in find_faces(detector, region)]
-    return sorted(boxes)
+        boxes += [[x + region_left, y + region_top, w, h]
+                  for x, y, w, h in find_faces(detector, region, max(region.size))]
+    return sorted(without_duplicates(boxes))
 
 
 def analyse_frame(frame, model, detector, tracks, args):
@@ -310,10 +417,10 @@ def analyse_frame(frame, model, detector, tracks, args):
 
     image = Image.fromarray(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
     boxes = find_faces_in_frame(detector, image, tracks) if detector else [[0, 0, image.width, image.height]]
-    if not boxes:
+    if not boxes:  # the tracks stay: a face missed in this frame is looked for around its last box in the next
         return image, []
     probabilities = classify(model, crop_faces(image, boxes), args)
-    return image, [{"face": number, **describe(box, smoothed)}
+    return image, [describe(box, smoothed, number)
                    for box, (number, smoothed) in zip(boxes, tracks.update(boxes, probabilities))]
 
 
@@ -334,13 +441,13 @@ def predict_video(path, name, model, detector, args, results):
     """Every --every'th frame of the video at `path`: its faces to `results`, the annotated frames into
     --out. Returns the timeline [(time in seconds, {face number: probabilities})] for --plot."""
     cv2 = import_opencv()
-    if not path.is_file():
-        raise fer.DataError(f"{path}: no such file")
+    check_readable(path)
     video = cv2.VideoCapture(str(path))
     if not video.isOpened():
         raise fer.DataError(f"{path}: cannot decode this file as a video (expected a format FFmpeg reads: "
                             f"{', '.join(sorted(VIDEO_SUFFIXES))})")
     fps = video.get(cv2.CAP_PROP_FPS) or 30.0  # a container that does not say is most likely 30 frames/s
+    frames_in_header = int(video.get(cv2.CAP_PROP_FRAME_COUNT))  # 0 where the container does not say
     tracks, timeline, writer = FaceTracks(args.smooth), [], None
     try:
         for index in itertools.count():
@@ -371,8 +478,11 @@ def predict_video(path, name, model, detector, args, results):
             writer.release()
     if not timeline:
         raise fer.DataError(f"{path}: no frame could be decoded")
+    if index < frames_in_header:  # `index`: the frames read, analysed or skipped
+        results.warning(f"{path}: its header says {frames_in_header} frames, and {index} could be read (the file "
+                        f"is cut short or damaged); those {index} were analysed")
     if not any(faces for _, faces in timeline):
-        results.error(f"{path}: no face found in any of its {len(timeline)} analysed frames")
+        results.face(describe(None, None, None), video=str(path), frame=None, time_s=None)
     return timeline
 
 
@@ -440,58 +550,32 @@ def load_model(run, device):
     return model.to(memory_format=torch.channels_last)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("inputs", nargs="*", metavar="PATH", help="images (.jpg, .png, ...), videos (.mp4, .avi, "
-                        ".mov, .mkv, .webm, ...) and folders, searched recursively for both")
-    parser.add_argument("--run", help=f"run folder written by train_*.py (default: {fer.RELEASED_RUN.name}, "
-                        "the released model)")
-    parser.add_argument("--no-detect", dest="detect", action="store_false",
-                        help="treat each whole image (or frame) as one face crop (images need no OpenCV then)")
-    parser.add_argument("--tta", action="store_true", help="average each face's prediction with its mirror image's")
-    parser.add_argument("--out", type=Path, help="folder for annotated copies, <name>.emotions.png per image and "
-                        "<name>.emotions.mp4 per video (default: none are written)")
-    parser.add_argument("--csv", type=Path, help="also write one row per face to this CSV file")
-    parser.add_argument("--every", type=int, default=1, metavar="N",
-                        help="analyse every N-th video frame (default: %(default)s)")
-    parser.add_argument("--smooth", type=int, default=1, metavar="K", help="average each face's probabilities over "
-                        "its last K analysed video frames (default: %(default)s, no smoothing)")
-    parser.add_argument("--plot", type=Path, metavar="FILE",
-                        help="plot each video's probabilities over time into FILE (.png)")
-    parser.add_argument("--webcam", type=int, nargs="?", const=0, metavar="INDEX", help="live window of camera INDEX "
-                        "(default camera: 0); q quits")
-    parser.add_argument("--amp", choices=["auto", "on", "off"], default="auto", help="bfloat16 autocast, as in "
-                        "training: auto = on where bf16 is native (GPUs from Ampere on, CPUs with AVX-512 BF16 "
-                        "or AMX); off = float32, like evaluate.py (default: %(default)s)")
-    parser.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
-    args = parser.parse_args(argv)
-    if not args.inputs and args.webcam is None:
-        parser.error("name images, videos or folders, or pass --webcam")
-    if args.every < 1 or args.smooth < 1:
-        parser.error("--every and --smooth count frames: 1 or more")
+def refuse(message):
+    """A command that cannot work as given: one line, exit status 2, and nothing read or written."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
 
-    args.device = fer.pick_device(args.device)
-    # bfloat16 halves the model's time on a CPU with bf16 instructions (baseline: 1,092 -> 516 CPU-us per
-    # face; VGGNet: 3,982 -> 1,999) and changes little: on PrivateTest a trained VGGNet's top emotion was
-    # the same as in float32 for 99.8% of the faces, no probability moving by more than 0.011.
-    args.amp = {"on": True, "off": False, "auto": fer.native_bf16(args.device)}[args.amp]
-    try:
-        model = load_model(args.run, args.device)
-        detector = load_face_detector() if args.detect else None
-        if args.webcam is not None:
-            with one_thread():
-                run_webcam(args.webcam, model, detector, args)
-            sys.exit(0)
-        results = Results(args.csv)
-        if args.out:
-            args.out.mkdir(parents=True, exist_ok=True)
-    except (fer.DataError, OSError) as error:  # OSError: the CSV file or the --out folder cannot be created
-        sys.exit(f"error: {error}")
-    inputs = list_inputs(args.inputs, args.out)
-    images = [(path, name) for path, name in inputs if not is_video(path)]
-    videos = [(path, name) for path, name in inputs if is_video(path)]
+
+def check_outputs(args):
+    """Refuse output paths that would destroy an input, before anything is read: --csv and --plot are
+    opened for writing, and a CSV named like a picture or video (--csv photo.jpg) is one about to be lost."""
+    named_files = {Path(path).resolve() for path in args.inputs if not Path(path).is_dir()}
+    for option, path in (("--csv", args.csv), ("--plot", args.plot), ("--out", args.out)):
+        if path and path.resolve() in named_files:
+            refuse(f"{option} {path}: this is also an input; writing it would destroy it")
+    if args.csv and (args.csv.suffix.lower() in PICTURE_SUFFIXES | VIDEO_SUFFIXES or args.csv.is_dir()):
+        refuse(f"--csv {args.csv}: expected a new or CSV file to write, not a picture, video or folder")
+    if args.plot and args.plot.suffix.lower() not in PLOT_SUFFIXES:
+        refuse(f"--plot {args.plot}: expected a file name ending in {', '.join(sorted(PLOT_SUFFIXES))}")
+    if args.out and args.out.exists() and not args.out.is_dir():
+        refuse(f"--out {args.out}: a file; expected a folder for the annotated copies")
+
+
+def predict_all(images, videos, model, detector, args, results):
+    """The faces of every image, then of every video, to `results`; the annotated copies into --out and
+    the videos' plot into --plot."""
     for path, name, faces in predict_images(images, model, detector, args, results):
-        for face in faces:
+        for face in faces or [describe(None, None, None)]:
             results.face(face, image=str(path))
         try:
             if args.out:
@@ -510,8 +594,80 @@ def main(argv=None):
             plot_timelines(timelines, args.plot)
     except OSError as error:
         results.error(error)
-    results.close()
-    sys.exit(1 if results.failed else 0)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, epilog=EXIT_CODES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="*", metavar="PATH", help="images (.jpg, .png, .webp, ...), videos (.mp4, "
+                        ".avi, .mov, .mkv, .webm, ...) and folders, searched recursively for both")
+    parser.add_argument("--run", help=f"run folder written by train_*.py (default: {fer.RELEASED_RUN.name}, "
+                        "the released model)")
+    parser.add_argument("--no-detect", dest="detect", action="store_false",
+                        help="treat each whole image (or frame) as one face crop (images need no OpenCV then)")
+    parser.add_argument("--tta", action="store_true", help="average each face's prediction with its mirror image's")
+    parser.add_argument("--out", type=Path, help="folder for annotated copies, <name>.emotions.png per image and "
+                        "<name>.emotions.mp4 per video (default: none are written)")
+    parser.add_argument("--csv", type=Path, help="also write one row per face to this CSV file")
+    parser.add_argument("--every", type=int, default=1, metavar="N",
+                        help="analyse every N-th video frame (default: %(default)s)")
+    parser.add_argument("--smooth", type=int, default=1, metavar="K", help="average each face's probabilities over "
+                        "its last K analysed video frames (default: %(default)s, no smoothing)")
+    parser.add_argument("--plot", type=Path, metavar="FILE",
+                        help="plot each video's probabilities over time into FILE (.png, .pdf or .svg)")
+    parser.add_argument("--webcam", type=int, nargs="?", const=0, metavar="INDEX", help="live window of camera INDEX "
+                        "(default camera: 0); q quits")
+    parser.add_argument("--amp", choices=["auto", "on", "off"], default="auto", help="bfloat16 autocast, as in "
+                        "training: auto = on where bf16 is native (GPUs from Ampere on, CPUs with AVX-512 BF16 "
+                        "or AMX); off = float32, like evaluate.py (default: %(default)s)")
+    parser.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    args = parser.parse_args(argv)
+    if not args.inputs and args.webcam is None:
+        parser.error("name images, videos or folders, or pass --webcam")
+    if args.every < 1 or args.smooth < 1:
+        parser.error("--every and --smooth count frames: 1 or more")
+    check_outputs(args)
+    if hasattr(sys.stdout, "reconfigure"):  # a file name that is not UTF-8 is printed as its own bytes
+        sys.stdout.reconfigure(errors="surrogateescape")
+    try:
+        args.device = fer.pick_device(args.device)
+    except fer.DataError as error:
+        refuse(error)
+    # bfloat16 halves the model's time on a CPU with bf16 instructions (baseline: 1,092 -> 516 CPU-us per
+    # face; VGGNet: 3,982 -> 1,999) and changes little: on PrivateTest a trained VGGNet's top emotion was
+    # the same as in float32 for 99.8% of the faces, no probability moving by more than 0.011.
+    args.amp = {"on": True, "off": False, "auto": fer.native_bf16(args.device)}[args.amp]
+
+    results = Results()
+    inputs = with_unique_names(list_inputs(args.inputs, [path for path in (args.csv, args.plot, args.out) if path],
+                                           results))
+    images = [(path, name) for path, name in inputs if not is_video(path)]
+    videos = [(path, name) for path, name in inputs if is_video(path)]
+    if args.plot and not videos and args.webcam is None:
+        refuse(f"--plot {args.plot}: plots videos, and none of the inputs is one")
+    try:
+        model = load_model(args.run, args.device)
+        detector = load_face_detector() if args.detect else None
+        if args.webcam is not None:
+            with one_thread():
+                run_webcam(args.webcam, model, detector, args)
+            sys.exit(0)
+    except fer.DataError as error:
+        sys.exit(f"error: {error}")
+    try:
+        results.write_csv(args.csv)
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        refuse(error)
+    try:
+        predict_all(images, videos, model, detector, args, results)
+    except BrokenPipeError:  # `predict.py ... | head -1`: the reader has gone; stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python would report it again at exit
+        sys.exit(141)
+    finally:
+        results.close()
+    sys.exit(1 if results.errors else 0)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,14 @@
-"""Fuzzing the readers with random bytes, files cut short anywhere, and bytes changed at random.
+"""Fuzzing the readers with random bytes, files cut short anywhere, and bytes changed at random; and
+predict.py's command line with random options, paths and damaged files together.
 
 Whatever the damage, a reader either returns what it promises (a cut can leave a valid file, and a
 changed pixel value is still a picture) or raises fer.DataError naming the file: never another
 exception, which a script would print as a traceback. Seeded, so a failure repeats."""
 import io
+import json
+import os
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -123,3 +127,101 @@ def test_load_run_of_damaged_checkpoints_returns_a_model_or_raises_data_error(tm
         (tmp_path / "best.pt").write_bytes(data)
         outcomes.add(read_or_data_error(lambda run_dir: fer.load_run(run_dir, "cpu"), tmp_path) is None)
     assert outcomes == {True, False}
+
+
+# -----------------------------------------------------------------------------
+# predict.py's command line: random flags, paths and files together
+
+
+def write_inputs(folder, rng):
+    """Files and folders for predict.py to be given, good and bad, under `folder`:
+    {name: (path, how)} with how "good", "maybe" (damaged: may still decode) or "bad" (cannot be read)."""
+    folder.mkdir()
+    inputs = {}
+    for index in range(3):
+        path = folder / f"good{index}.png"
+        path.write_bytes(IMAGE_FILES["png"])
+        inputs[path.name] = (path, "good")
+    for index, data in enumerate(damaged_copies(IMAGE_FILES[rng.choice(list(IMAGE_FILES))], 3, rng)):
+        path = folder / f"damaged{index}.{rng.choice(['png', 'jpg', 'webp', 'gif'])}"
+        path.write_bytes(data)
+        inputs[path.name] = (path, "maybe")
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.png").write_text("not a picture")
+    inputs.update({"empty.jpg": (folder / "empty.jpg", "bad"), "notes.png": (folder / "notes.png", "bad"),
+                   "missing.jpg": (folder / "missing.jpg", "bad")})
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(folder / "pipe.jpg")  # would block whoever opens it to read
+        inputs["pipe.jpg"] = (folder / "pipe.jpg", "bad")
+    (folder / "nothing").mkdir()
+    (folder / "nothing" / "readme.txt").write_text("no pictures here")
+    inputs["nothing"] = (folder / "nothing", "bad")
+    (folder / "album" / "2024").mkdir(parents=True)
+    (folder / "album" / "2024" / "face.webp").write_bytes(IMAGE_FILES["webp"])
+    (folder / "album" / "face.emotions.png").write_bytes(IMAGE_FILES["png"])  # an annotated copy: never read
+    inputs["album"] = (folder / "album", "good")
+    (folder / "video.mp4").write_bytes(rng.randbytes(300))
+    inputs["video.mp4"] = (folder / "video.mp4", "bad")
+    return inputs
+
+
+def random_command(rng, folder, inputs):
+    """A random predict.py command line: some of `inputs` (some twice), and random options, some wrong."""
+    chosen = rng.sample(sorted(inputs), rng.randint(1, 5))
+    chosen += rng.sample(chosen, rng.randint(0, 1))  # a path named twice
+    argv = ["--no-detect"] if rng.random() < 0.7 else []
+    for option, values in (("--tta", None), ("--amp", ["off", "on", "auto", "fast"]), ("--every", ["1", "3", "0"]),
+                           ("--smooth", ["2", "-1"]), ("--out", ["out", "album", "good0.png"]),
+                           ("--csv", ["faces.csv", "good1.png", "faces.jpg"]), ("--plot", ["plot.png", "plot.txt"]),
+                           ("--frobnicate", None)):
+        if rng.random() < (0.05 if option == "--frobnicate" else 0.25):
+            argv += [option] if values is None else [option, str(folder / rng.choice(values))
+                                                     if option in ("--out", "--csv", "--plot") else rng.choice(values)]
+    return argv + [str(inputs[name][0]) for name in chosen], [inputs[name] for name in chosen]
+
+
+def snapshot(folder, skip):
+    """{path: (size, modification time, bytes)} of every file under `folder`, but those under a path in `skip`."""
+    return {path: (path.stat().st_size, path.stat().st_mtime_ns, path.read_bytes() if path.is_file() else None)
+            for path in folder.rglob("*")
+            if not any(path == other or other in path.parents for other in skip) and not path.is_fifo()}
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow warns about the EXIF of damaged TIFFs, then reads on
+def test_predict_command_lines_of_random_options_and_damaged_files_give_one_error_line_per_bad_input(tmp_path,
+                                                                                                      capsys):
+    import predict
+
+    rng = random.Random(SEED)
+    config = training_config(width=4)
+    (tmp_path / "run").mkdir()
+    torch.save({"model": fer.build_model(config).state_dict(), "config": config}, tmp_path / "run" / "best.pt")
+    inputs = write_inputs(tmp_path / "files", rng)
+    statuses = set()
+    for case in range(40):
+        argv, chosen = random_command(rng, tmp_path / "files", inputs)
+        outputs = [Path(argv[i + 1]) for i, option in enumerate(argv) if option in ("--out", "--csv", "--plot")]
+        before = snapshot(tmp_path / "files", outputs)
+        try:
+            predict.main(["--run", str(tmp_path / "run"), *argv])
+            status = 0
+        except SystemExit as exit_info:
+            status = exit_info.code if isinstance(exit_info.code, int) else 1
+        out, err = capsys.readouterr()
+        command = f"case {case}: predict.py {' '.join(argv)}\n{err}"
+        statuses.add(status)
+        assert status in (0, 1, 2), command
+        assert all(json.loads(line) for line in out.splitlines()), command
+        assert snapshot(tmp_path / "files", outputs) == before, command  # nothing outside the outputs asked for
+        errors = [line for line in err.splitlines() if "error:" in line]
+        if status == 2:  # the command itself cannot work: one line says why, nothing is read
+            assert len(errors) == 1 and out == "", command
+            continue
+        named = [path for path, _ in chosen]
+        assert len(errors) == len(set(errors)), command  # one line per bad input, even one named twice
+        for path, how in chosen:  # a damaged file ("maybe") can still decode
+            lines = [line for line in errors if line.startswith(f"error: {path}: ")]
+            assert len(lines) in {"bad": [1], "good": [0], "maybe": [0, 1]}[how], command
+        assert all(any(line.startswith(f"error: {path}") for path in named) for line in errors), command
+        assert status == (1 if errors else 0), command
+    assert statuses == {0, 1, 2}  # the cases were varied enough to give every outcome

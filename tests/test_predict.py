@@ -1,11 +1,16 @@
 """predict.py: the same preprocessing and probabilities as training and evaluation, faces found in photos
 and videos, folders searched without reading back predict.py's own output, and one clear message per bad input."""
+import builtins
 import csv
+import errno
 import io
 import json
+import os
 import struct
+import subprocess
 import sys
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -205,7 +210,8 @@ def test_csv_has_a_header_and_one_row_per_face_whose_probabilities_sum_to_one(tm
     with open(tmp_path / "faces.csv", newline="") as file:
         rows = list(csv.DictReader(file))
     assert status == 0
-    assert list(rows[0]) == ["source", "frame", "time_s", "left", "top", "width", "height", "emotion", *fer.EMOTIONS]
+    assert list(rows[0]) == ["source", "frame", "time_s", "face", "left", "top", "width", "height", "emotion",
+                             *fer.EMOTIONS]
     assert [row["source"] for row in rows] == [str(path) for path in paths]
     for row, face in zip(rows, faces, strict=True):
         probabilities = [float(row[name]) for name in fer.EMOTIONS]
@@ -213,6 +219,117 @@ def test_csv_has_a_header_and_one_row_per_face_whose_probabilities_sum_to_one(tm
         assert row["emotion"] == fer.EMOTIONS[int(np.argmax(probabilities))] == face["emotion"]
         assert [int(row[key]) for key in ("left", "top", "width", "height")] == [0, 0, 48, 48]
         assert row["frame"] == row["time_s"] == ""  # photos have neither
+        assert row["face"] == str(face["face"]) == "0"  # the first face, left to right, as in the JSON
+
+
+def test_a_folder_named_as_out_still_has_its_pictures_analysed_and_its_copies_not_read_back(tmp_path, run_dir,
+                                                                                             capsys, monkeypatch):
+    paths = write_crops(tmp_path / "photos", count=2)
+    for _ in range(2):  # the second time, the annotated copies of the first are in the folder searched
+        status, faces, _ = run_predict(capsys, "--run", run_dir, "--no-detect", "--out", tmp_path / "photos",
+                                       tmp_path / "photos")
+        assert status == 0 and [face["image"] for face in faces] == [str(path) for path in paths]
+    monkeypatch.chdir(tmp_path / "photos")
+    status, faces, _ = run_predict(capsys, "--run", run_dir, "--no-detect", "--out", ".", "face0.png")
+    assert status == 0 and [face["image"] for face in faces] == ["face0.png"]
+
+
+def test_annotated_copies_of_two_pictures_with_the_same_name_do_not_overwrite_each_other(tmp_path, run_dir, capsys):
+    first = write_crops(tmp_path / "A", count=1)[0]
+    second = write_crops(tmp_path / "B", count=1)[0]  # also face0.png
+    status, faces, _ = run_predict(capsys, "--run", run_dir, "--no-detect", "--out", tmp_path / "out", first, second)
+    assert status == 0 and len(faces) == 2
+    assert files_under(tmp_path / "out") == [tmp_path / "out" / "face0-2.emotions.png",
+                                             tmp_path / "out" / "face0.emotions.png"]
+
+
+def test_a_path_named_twice_or_also_found_in_a_folder_is_classified_once(tmp_path, run_dir, capsys):
+    paths = write_crops(tmp_path / "photos", count=2)
+    status, faces, _ = run_predict(capsys, "--run", run_dir, "--no-detect", paths[0], paths[0],
+                                   tmp_path / "photos", tmp_path / "photos" / ".." / "photos")
+    assert status == 0 and [face["image"] for face in faces] == [str(paths[0]), str(paths[1])]
+
+
+def test_webp_tiff_and_gif_are_found_in_folders_as_when_named(tmp_path, run_dir, capsys):
+    (tmp_path / "photos").mkdir()
+    face = Image.fromarray(face_like(2, np.random.default_rng(0)))
+    for suffix in ("webp", "tif", "tiff", "gif", "JPG"):
+        face.save(tmp_path / "photos" / f"face.{suffix}")
+    status, faces, _ = run_predict(capsys, "--run", run_dir, "--no-detect", tmp_path / "photos")
+    assert status == 0
+    assert sorted(Path(face["image"]).suffix for face in faces) == [".JPG", ".gif", ".tif", ".tiff", ".webp"]
+
+
+def test_a_folder_without_pictures_is_one_error_line_and_exit_status_1(tmp_path, run_dir, capsys):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("not a picture")
+    good = write_crops(tmp_path / "crops", count=1)
+    status, faces, err = run_predict(capsys, "--run", run_dir, "--no-detect", tmp_path / "notes", good[0])
+    assert status == 1 and [face["image"] for face in faces] == [str(good[0])]
+    assert err.splitlines() == [err.splitlines()[0]]
+    assert err.startswith(f"error: {tmp_path / 'notes'}: no pictures or videos in this folder (looked for .avi, .bmp")
+
+
+def deny(monkeypatch, module, function, *denied):
+    """Make `module.function(path, ...)` fail for the paths `denied` as the system does for a user without
+    permission (the tests may run as root, whom chmod does not stop)."""
+    real = getattr(module, function)
+
+    def refuse_denied(path, *args, **kwargs):
+        if Path(path) in denied:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(module, function, refuse_denied)
+
+
+def test_a_folder_that_cannot_be_searched_is_one_error_line_and_the_rest_is_still_analysed(tmp_path, run_dir,
+                                                                                         capsys, monkeypatch):
+    paths = write_crops(tmp_path / "photos", count=2)
+    locked = tmp_path / "photos" / "private"
+    write_crops(locked, count=1)
+    deny(monkeypatch, os, "scandir", locked)
+    status, faces, err = run_predict(capsys, "--run", run_dir, "--no-detect", tmp_path / "photos")
+    assert status == 1 and [face["image"] for face in faces] == [str(path) for path in paths]
+    assert err.splitlines() == [f"error: {locked}: cannot search this folder (permission denied)"]
+
+
+def test_a_plot_and_csv_written_into_the_folder_searched_are_not_read_back_the_next_time(tmp_path, run_dir, capsys):
+    (tmp_path / "clips").mkdir()
+    rng = np.random.default_rng(0)
+    write_video(tmp_path / "clips" / "clip.avi", [face_like(i % 7, rng, size=48) for i in range(3)])
+    for _ in range(2):
+        status, faces, _ = run_predict(capsys, "--run", run_dir, "--no-detect", "--plot", tmp_path / "clips" / "plot.png",
+                                       "--csv", tmp_path / "clips" / "faces.csv", tmp_path / "clips")
+        assert status == 0 and [face["frame"] for face in faces] == [0, 1, 2]
+    assert (tmp_path / "clips" / "plot.png").is_file()
+
+
+@pytest.mark.parametrize("option", ["--csv", "--plot", "--out"])
+def test_an_output_that_is_also_an_input_is_refused_before_anything_is_read(tmp_path, run_dir, capsys, option):
+    paths = write_crops(tmp_path / "photos", count=2)
+    before = paths[0].read_bytes()
+    status, faces, err = run_predict(capsys, "--run", run_dir, "--no-detect", option, paths[0], *paths)
+    assert status == 2 and faces == [] and paths[0].read_bytes() == before
+    assert err.splitlines() == [f"error: {option} {paths[0]}: this is also an input; writing it would destroy it"]
+
+
+def test_a_csv_named_like_a_picture_is_refused_before_anything_is_read(tmp_path, run_dir, capsys):
+    paths = write_crops(tmp_path / "photos", count=2)
+    photo = tmp_path / "photos" / "holiday.jpg"
+    photo.write_bytes(b"a photo the user keeps")
+    status, faces, err = run_predict(capsys, "--run", run_dir, "--no-detect", "--csv", photo, tmp_path / "photos")
+    assert status == 2 and faces == [] and photo.read_bytes() == b"a photo the user keeps"
+    assert err.startswith(f"error: --csv {photo}: expected a new or CSV file") and len(err.splitlines()) == 1
+
+
+def test_json_and_csv_hold_paths_as_utf8_not_escapes(tmp_path, run_dir, capsys):
+    path = write_crops(tmp_path / "Übungen", count=1)[0]
+    with pytest.raises(SystemExit):
+        predict.main(["--run", str(run_dir), "--no-detect", "--csv", str(tmp_path / "faces.csv"), str(path)])
+    line = capsys.readouterr().out
+    assert "Übungen" in line and "\\u00dc" not in line and json.loads(line)["image"] == str(path)
+    assert str(path) in (tmp_path / "faces.csv").read_text(encoding="utf-8")
 
 
 # -----------------------------------------------------------------------------
@@ -281,13 +398,81 @@ def test_without_opencv_detection_says_how_to_install_it_and_no_detect_still_wor
     assert status == 0 and len(faces) == 1
 
 
-def test_a_picture_with_no_face_is_reported(tmp_path, run_dir, capsys):
+def test_a_picture_or_video_that_may_not_be_read_says_permission_denied(tmp_path, run_dir, capsys, monkeypatch):
+    locked_picture, good = write_crops(tmp_path, count=2)
+    locked_video = tmp_path / "clip.avi"
+    locked_video.write_bytes(b"frames")
+    deny(monkeypatch, builtins, "open", locked_picture, locked_video)
+    status, faces, err = run_predict(capsys, "--run", run_dir, "--no-detect", locked_picture, good, locked_video)
+    assert status == 1 and [face["image"] for face in faces] == [str(good)]
+    assert err.splitlines() == [f"error: {locked_picture}: permission denied", f"error: {locked_video}: permission denied"]
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="chmod does not stop root")
+def test_a_picture_without_read_permission_says_permission_denied(tmp_path, run_dir, capsys):
+    locked = write_crops(tmp_path, count=1)[0]
+    locked.chmod(0)
+    status, _, err = run_predict(capsys, "--run", run_dir, "--no-detect", locked)
+    assert status == 1 and err.splitlines() == [f"error: {locked}: permission denied"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are a Unix thing")
+def test_a_pipe_named_like_a_picture_is_not_a_regular_file_and_nothing_waits_on_it(tmp_path, run_dir, capsys):
+    fifo = tmp_path / "face.jpg"
+    os.mkfifo(fifo)  # opening it for reading would wait for a writer forever
+    good = write_crops(tmp_path / "crops", count=1)[0]
+    status, faces, err = run_predict(capsys, "--run", run_dir, "--no-detect", fifo, good)
+    assert status == 1 and [face["image"] for face in faces] == [str(good)]
+    assert err.splitlines() == [f"error: {fifo}: not a regular file (a pipe, socket or device); expected an image "
+                                f"or a video"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_device_cuda_without_a_gpu_is_one_error_line_and_exit_status_2(tmp_path, run_dir):
+    crop = write_crops(tmp_path, count=1)[0]
+    result = run_script("predict.py", "--run", str(run_dir), "--no-detect", "--device", "cuda", str(crop), cwd=tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith("error: --device cuda: ")
+
+
+def test_output_whose_reader_has_gone_stops_quietly_as_unix_tools_do(tmp_path, run_dir):
+    write_crops(tmp_path / "crops", count=3)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # `predict.py ... | head -1` once head has its line: every write fails
+    with os.fdopen(write_end, "w") as closed_pipe:
+        result = subprocess.run([sys.executable, str(PROJECT_DIR / "predict.py"), "--run", str(run_dir), "--no-detect",
+                                 str(tmp_path / "crops")], stdout=closed_pipe, stderr=subprocess.PIPE, text=True,
+                                cwd=tmp_path, timeout=300)
+    assert result.returncode == 141 and result.stderr == ""
+
+
+def test_help_documents_the_exit_statuses(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main(["--help"])
+    help_text = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    assert all(f"\n  {status} " in help_text for status in (0, 1, 2, 141))
+
+
+def test_plot_without_a_video_among_the_inputs_is_refused(tmp_path, run_dir, capsys):
+    crop = write_crops(tmp_path, count=1)[0]
+    status, faces, err = run_predict(capsys, "--run", run_dir, "--no-detect", "--plot", tmp_path / "plot.png", crop)
+    assert status == 2 and faces == [] and not (tmp_path / "plot.png").exists()
+    assert err.splitlines() == [f"error: --plot {tmp_path / 'plot.png'}: plots videos, and none of the inputs is one"]
+
+
+def test_a_picture_without_a_face_gets_one_no_face_row_and_exit_status_0(tmp_path, run_dir, capsys):
     pytest.importorskip("cv2", reason="face detection needs OpenCV: make install-predict")
     blank = tmp_path / "wall.png"
     Image.new("RGB", (320, 240), (180, 170, 160)).save(blank)
-    status, faces, err = run_predict(capsys, "--run", run_dir, blank)
-    assert status == 1 and faces == []
-    assert f"error: {blank}: no face found" in err
+    status, faces, err = run_predict(capsys, "--run", run_dir, "--csv", tmp_path / "faces.csv", blank, ASTRONAUT)
+    assert status == 0 and err == ""  # a holiday folder has pictures without a face: an answer, not an error
+    assert [(face["image"], face["emotion"]) for face in faces] == [(str(blank), "no face"),
+                                                                     (str(ASTRONAUT), faces[1]["emotion"])]
+    assert faces[0]["box"] is None and faces[0]["probabilities"] is None and faces[1]["emotion"] in fer.EMOTIONS
+    with open(tmp_path / "faces.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [(row["source"], row["emotion"], row["left"]) for row in rows[:1]] == [(str(blank), "no face", "")]
 
 
 def test_the_detector_finds_the_face_in_a_real_photo(tmp_path, run_dir, capsys):
@@ -297,6 +482,24 @@ def test_the_detector_finds_the_face_in_a_real_photo(tmp_path, run_dir, capsys):
     left, top, width, height = faces[0]["box"]
     assert abs(left + width / 2 - 224) < 15 and abs(top + height / 2 - 114) < 15  # on her face
     assert (tmp_path / "astronaut.emotions.png").is_file()
+
+
+def test_a_photo_of_two_faces_scaled_to_4000x2160_gives_the_two_faces_and_no_false_ones(tmp_path, run_dir, capsys):
+    pytest.importorskip("cv2", reason="face detection needs OpenCV: make install-predict")
+    portrait = Image.open(ASTRONAUT).convert("RGB")
+    canvas = Image.new("RGB", (1100, 594), (200, 200, 200))
+    canvas.paste(portrait, (20, 40))
+    canvas.paste(portrait.transpose(Image.FLIP_LEFT_RIGHT), (568, 40))
+    canvas.resize((4000, 2160), Image.BICUBIC).save(tmp_path / "two.jpg", quality=92)
+    # At full size the cascade also "finds" faces in her hair, suit and the flag's texture.
+    status, faces, _ = run_predict(capsys, "--run", run_dir, tmp_path / "two.jpg")
+    assert status == 0 and len(faces) == 2
+    centres = [(left + width / 2, top + height / 2) for left, top, width, height in (face["box"] for face in faces)]
+    expected = [((20 + 224) * 4000 / 1100, (40 + 114) * 2160 / 594), ((568 + 512 - 224) * 4000 / 1100,
+                                                                       (40 + 114) * 2160 / 594)]
+    for (x, y), (expected_x, expected_y) in zip(centres, expected):
+        assert abs(x - expected_x) < 60 and abs(y - expected_y) < 60
+    assert [face["face"] for face in faces] == [0, 1]  # numbered left to right
 
 
 # -----------------------------------------------------------------------------
@@ -363,6 +566,75 @@ def test_faces_are_followed_by_box_overlap(tmp_path):
     assert [n for n, _ in followed] == [1, 0]
     assert followed[0][1] == pytest.approx((two + one) / 2) and followed[1][1] == pytest.approx((one + two) / 2)
     assert [n for n, _ in tracks.update([[200, 200, 10, 10]], [one])] == [2]  # far from both: a new face
+
+
+def write_moving_face_video(path, positions, frame_size=(640, 480)):
+    """A video of her head (size x size pixels) at each (left, top, size) of `positions` over a plain background."""
+    head = Image.open(ASTRONAUT).convert("RGB").crop((96, 0, 352, 256))
+    frames = []
+    for left, top, size in positions:
+        frame = Image.new("RGB", frame_size, (90, 110, 130))
+        frame.paste(head.resize((size, size)), (left, top))
+        frames.append(np.asarray(frame))
+    return write_video(path, frames, fps=30)
+
+
+def test_one_face_in_60_frames_analysed_every_2nd_frame_is_one_face_in_30_lines(tmp_path, run_dir, capsys):
+    pytest.importorskip("cv2", reason="face detection needs OpenCV: make install-predict")
+    positions = []
+    for i in range(60):  # drifting round the frame and zooming, as a face in a hand-held clip
+        phase = 2 * np.pi * i / 60
+        size = int(220 + 60 * np.sin(phase))
+        positions.append((int(40 + (560 - size) * (0.5 + 0.5 * np.sin(phase))),
+                          int(20 + (440 - size) * (0.5 + 0.5 * np.cos(phase))), size))
+    video = write_moving_face_video(tmp_path / "drift.avi", positions)
+    status, faces, _ = run_predict(capsys, "--run", run_dir, "--every", 2, video)
+    assert status == 0
+    assert [face["frame"] for face in faces] == list(range(0, 60, 2))  # one line per analysed frame
+    assert {face["face"] for face in faces} == {0}
+
+
+def test_a_face_moving_22_pixels_per_frame_stays_one_track(tmp_path, run_dir, capsys):
+    pytest.importorskip("cv2", reason="face detection needs OpenCV: make install-predict")
+
+    def bounce(distance, span):  # back and forth across `span` pixels
+        distance %= 2 * span
+        return distance if distance < span else 2 * span - distance
+
+    # A face about 55 pixels wide moving diagonally: between frames its box overlaps its last one by less
+    # than SAME_FACE, so it is also looked for around its last box, and found there again.
+    video = write_moving_face_video(tmp_path / "walk.avi", [(10 + bounce(22 * i, 500), 10 + bounce(22 * i, 340), 130)
+                                                            for i in range(40)])
+    status, faces, _ = run_predict(capsys, "--run", run_dir, video)
+    assert status == 0
+    assert [face["frame"] for face in faces] == list(range(40))
+    assert {face["face"] for face in faces} == {0}
+
+
+def test_a_face_found_again_around_its_last_box_is_kept_once():
+    assert predict.without_duplicates([[100, 100, 50, 50], [104, 98, 52, 52], [300, 100, 50, 50]]) == [
+        [100, 100, 50, 50], [300, 100, 50, 50]]
+
+
+def test_a_video_cut_short_warns_how_many_of_the_frames_its_header_lists_were_read(tmp_path, run_dir, capsys):
+    rng = np.random.default_rng(0)
+    video = write_video(tmp_path / "clip.avi", [face_like(i % 7, rng, size=96) for i in range(60)])
+    data = video.read_bytes()
+    video.write_bytes(data[:len(data) // 2])  # the header still says 60 frames
+    status, faces, err = run_predict(capsys, "--run", run_dir, "--no-detect", video)
+    read = len(faces)
+    assert status == 0 and 0 < read < 60 and [face["frame"] for face in faces] == list(range(read))
+    assert err.splitlines() == [f"warning: {video}: its header says 60 frames, and {read} could be read (the file "
+                                f"is cut short or damaged); those {read} were analysed"]
+
+
+def test_a_video_without_a_face_gets_one_no_face_line(tmp_path, run_dir, capsys):
+    pytest.importorskip("cv2", reason="face detection needs OpenCV: make install-predict")
+    video = write_video(tmp_path / "wall.avi", [np.full((120, 160), 128, dtype=np.uint8)] * 3)
+    status, faces, err = run_predict(capsys, "--run", run_dir, video)
+    assert status == 0 and err == ""
+    assert faces == [{"video": str(video), "frame": None, "time_s": None, "face": None, "box": None,
+                      "emotion": "no face", "probabilities": None}]
 
 
 def test_a_file_that_is_not_a_video_gets_one_line_and_nothing_from_ffmpeg(tmp_path, run_dir):
