@@ -67,7 +67,7 @@ def bench_training_step(config, batch_size, seconds):
     """images/s of a full step (augment, forward, backward, AdamW) in the training loop's own code."""
     torch.manual_seed(0)
     model = fer.build_model(config)
-    flops_per_image = training_flops(model, 8, config.get("crop") or fer.IMAGE_SIZE) / 8
+    flops_per_image = training_flops(model, 8) / 8
     memory_format = torch.channels_last if config["channels_last"] else torch.contiguous_format
     model.to(memory_format=memory_format).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -77,7 +77,7 @@ def bench_training_step(config, batch_size, seconds):
     labels = torch.randint(0, len(fer.EMOTIONS), (batch_size,))
 
     def step():
-        inputs = fer.augment_batch(fer.as_model_input(images), crop=config.get("crop", 0))
+        inputs = fer.augment_batch(fer.as_model_input(images))
         with fer.autocast(torch.device("cpu"), config["amp"]):
             loss = nn.functional.cross_entropy(model(inputs).float(), labels)
         optimizer.zero_grad(set_to_none=True)
@@ -226,14 +226,9 @@ def main():
             for batch_size in (128, 256):
                 training_row(f"baseline, {layout}, {precision[amp]}", dict(baseline, channels_last=channels_last,
                                                                            amp=amp), batch_size)
-    # VGGNet (train_baseline.py --arch vggnet), beside the baseline: 4.9x its FLOPs per image; wider;
-    # with one conv in its first stage (--convs 1 2 2 2); that pooled before BatchNorm (--pool-first); and
-    # that trained on 40x40 crops (--crop 40).
-    vggnet = {"arch": "vggnet", "width": 32, "dropout": 0.3, **fast}
-    one_conv = {"convs": [1, 2, 2, 2]}
-    for label, change in (("", {}), (" width 48", {"width": 48}), (" --convs 1 2 2 2", one_conv),
-                          (" --convs 1 2 2 2 --pool-first", dict(one_conv, pool_first=True)),
-                          (" --convs 1 2 2 2 --crop 40", dict(one_conv, crop=40))):
+    # VGGNet (train_baseline.py --arch vggnet) beside the baseline, and a wider one.
+    vggnet = {"arch": "vggnet", "width": 32, **fast}
+    for label, change in (("", {}), (" width 48", {"width": 48})):
         training_row(f"vggnet{label}, {fast_label}", dict(vggnet, **change), 128)
     if args.compile:
         training_row(f"baseline, {fast_label}, torch.compile", dict(baseline, **fast, compile=True), 128)
@@ -241,7 +236,7 @@ def main():
     # sets their last feature map: 48px -> 2x2, 96px -> 3x3, 128px -> 4x4 (stride 32).
     for arch, size in (("mobilenet_v2", 48), ("mobilenet_v2", 96), ("mobilenet_v2", 128), ("resnet18", 96),
                        ("vgg16", 96)):
-        transfer = {"arch": arch, "input_size": size, "unfreeze": "all", **fast}
+        transfer = {"arch": arch, "input_size": size, "feature_block": None, "unfreeze": "all", **fast}
         training_row(f"{arch} {size}px, {fast_label}", transfer, 64)
 
     model = fer.build_model(baseline).to(memory_format=torch.channels_last)

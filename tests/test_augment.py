@@ -30,19 +30,6 @@ def test_all_augmentations_off_is_the_identity():
     assert torch.equal(fer.augment_batch(images, flip=False, rotate_degrees=0, zoom=0, translate=0), images)
 
 
-def test_crop_without_other_transforms_is_the_centre_window():
-    images = batch()
-    cropped = fer.augment_batch(images, flip=False, rotate_degrees=0, zoom=0, translate=0, crop=40)
-    torch.testing.assert_close(cropped, images[..., 4:44, 4:44])
-
-
-def test_random_crops_have_the_crop_size_and_differ_from_image_to_image():
-    images = batch()[:1].expand(16, -1, -1, -1)  # one face, sixteen times
-    cropped = fer.augment_batch(images, flip=False, rotate_degrees=0, zoom=0, translate=0.1, crop=40)
-    assert cropped.shape == (16, 1, 40, 40)
-    assert len({tuple(crop.flatten().tolist()) for crop in cropped}) > 1  # each image got its own shift
-
-
 def test_augmentation_is_seeded():
     images = batch()
     first = fer.augment_batch(images, generator=torch.Generator().manual_seed(7))

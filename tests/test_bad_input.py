@@ -142,8 +142,8 @@ def test_resume_from_a_damaged_config_json_is_one_error_line(run_copy, tmp_path)
 
 def test_train_transfer_resume_refuses_a_malicious_last_checkpoint(run_copy, tmp_path):
     config = json.loads((run_copy / "config.json").read_text())
-    config.update(arch="mobilenet_v2", mode="finetune", input_size=48, unfreeze="all", weights="none",
-                  weights_path=None, backbone_lr_scale=1.0)
+    config.update(arch="mobilenet_v2", mode="finetune", input_size=48, feature_block=None, unfreeze="all",
+                  weights="none", weights_path=None, backbone_lr_scale=1.0)
     (run_copy / "config.json").write_text(json.dumps(config))
     malicious(run_copy / "last.pt", tmp_path / "code-ran")
     result = run_script("train_transfer.py", "--resume", str(run_copy), cwd=tmp_path)

@@ -60,7 +60,7 @@ def test_the_onnx_file_matches_pytorch_on_privatetest_at_batch_1_and_5(tmp_path,
 
 
 @pytest.mark.parametrize("config", [training_config(arch="vggnet", width=4, dropout=0.3),
-                                    dict(arch="mobilenet_v2", input_size=64, unfreeze="all")],
+                                    dict(arch="mobilenet_v2", input_size=64, feature_block=None, unfreeze="all")],
                          ids=["vggnet", "mobilenet_v2"])
 def test_every_architecture_exports_with_a_free_batch_size(tmp_path, onnxruntime, config):
     model = fer.load_run(write_run(tmp_path / "run", config), torch.device("cpu"))[0]

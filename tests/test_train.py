@@ -64,13 +64,18 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
 
 def test_each_architecture_takes_its_own_recipe_and_the_command_line_overrides_it():
     vggnet = train_baseline.parse_args(["--arch", "vggnet"])
-    assert (vggnet.convs, vggnet.pool_first, vggnet.optimizer, vggnet.lr, vggnet.epochs, vggnet.jitter) == (
-        [1, 2, 2, 2], True, "sgd", 0.1, 64, 0.2)
-    older = train_baseline.parse_args(["--arch", "vggnet", "--convs", "2", "2", "2", "2", "--no-pool-first", "--lr", "0.05"])
-    assert (older.convs, older.pool_first, older.lr, older.epochs) == ([2, 2, 2, 2], False, 0.05, 64)
+    assert (vggnet.optimizer, vggnet.lr, vggnet.epochs, vggnet.ema, vggnet.jitter) == ("sgd", 0.1, 64, 0.999, 0.2)
+    changed = train_baseline.parse_args(["--arch", "vggnet", "--lr", "0.05", "--jitter", "0"])
+    assert (changed.lr, changed.jitter, changed.epochs) == (0.05, 0.0, 64)
     baseline = train_baseline.parse_args([])
-    assert (baseline.optimizer, baseline.lr, baseline.epochs, baseline.pool_first, baseline.jitter) == (
-        "adamw", 2e-3, 80, False, 0.0)
+    assert (baseline.optimizer, baseline.lr, baseline.epochs, baseline.ema, baseline.jitter) == (
+        "adamw", 2e-3, 80, 0.0, 0.0)
+
+
+def test_settings_without_a_flag_are_recorded_in_the_config():
+    args = vars(train_baseline.parse_args(["--arch", "vggnet"]))
+    assert {key: args[key] for key in fer.FIXED_SETTINGS} == fer.FIXED_SETTINGS
+    assert args["warmup"] == train_baseline.RECIPES["vggnet"]["warmup"]
 
 
 def test_train_baseline_writes_a_complete_run_folder_that_evaluate_reads(kaggle_folder, tmp_path):
@@ -86,7 +91,7 @@ def test_train_baseline_writes_a_complete_run_folder_that_evaluate_reads(kaggle_
     for checkpoint in ("best.pt", "last.pt"):
         assert "model" in torch.load(run_dir / checkpoint, weights_only=True)
 
-    result = run_script("evaluate.py", "--run", str(run_dir), cwd=tmp_path)
+    result = run_script("evaluate.py", "--run", str(run_dir), cwd=tmp_path, FER_DATA=str(kaggle_folder))
     assert result.returncode == 0, result.stderr
     report = json.loads((run_dir / "eval_test.json").read_text())
     assert report["split"] == "PrivateTest" and report["images"] == 14

@@ -8,6 +8,7 @@ import torch.nn as nn
 import torchvision
 
 import fer
+import train_transfer
 from conftest import training_config, run_script
 
 ARCHS = ["resnet18", "vgg16", "mobilenet_v2"]
@@ -15,7 +16,7 @@ ARCHS = ["resnet18", "vgg16", "mobilenet_v2"]
 
 def transfer_config(arch="mobilenet_v2", **overrides):
     config = training_config(arch=arch, input_size=64, unfreeze="all", weights="none", weights_path=None,
-                             backbone_lr_scale=0.1, batch_size=4)
+                             feature_block=None, backbone_lr_scale=0.1, layer_decay=0.0, batch_size=4)
     config.update(overrides)
     return config
 
@@ -51,7 +52,7 @@ def test_layer_decay_gives_each_block_its_own_rate_from_the_top_down():
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_imagenet_weights_come_from_torch_home_and_the_head_has_7_outputs(arch, torch_home):
-    state = fer.imagenet_weights(arch)
+    state = train_transfer.imagenet_weights(arch)
     model = fer.build_model(transfer_config(arch), backbone_weights=state)
     assert model(torch.rand(2, 1, 48, 48)).shape == (2, 7)
     assert model.head[-1].out_features == 7
@@ -59,14 +60,6 @@ def test_imagenet_weights_come_from_torch_home_and_the_head_has_7_outputs(arch, 
     # the 1-channel first conv is the sum (3x the mean) of the pretrained RGB filters
     assert conv.in_channels == 1
     assert torch.allclose(conv.weight, 3 * state[f"{name}.weight"].mean(1, keepdim=True), atol=1e-6)
-
-
-def test_a_training_crop_is_upsampled_at_the_face_scale_not_to_the_input_size():
-    # block 1 of mobilenet_v2 halves the side: 48 -> 96 -> 48, and a 40x40 crop 40 -> 80 -> 40 (RGB: no
-    # grayscale first conv without build_model)
-    model = fer.TransferNet("mobilenet_v2", input_size=96, feature_block=1)
-    assert model.features(torch.rand(2, 3, 48, 48)).shape[-2:] == (48, 48)
-    assert model.features(torch.rand(2, 3, 40, 40)).shape[-2:] == (40, 40)
 
 
 def test_grayscale_conv_gives_the_rgb_conv_output_of_the_gray_image_repeated():
@@ -83,7 +76,7 @@ def test_missing_imagenet_weights_name_both_ways_out(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
     monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
     with pytest.raises(fer.DataError, match="--weights-path FILE.*--weights none"):
-        fer.imagenet_weights("resnet18")
+        train_transfer.imagenet_weights("resnet18")
 
 
 def test_weights_file_of_another_network_fails_loudly(tmp_path):
@@ -91,7 +84,7 @@ def test_weights_file_of_another_network_fails_loudly(tmp_path):
     torch.save(stand_in_weights("resnet18"), path)
     config = transfer_config("vgg16", weights="file", weights_path=str(path))
     with pytest.raises(fer.DataError, match=f"{path}: not a vgg16 backbone; missing keys"):
-        fer.build_model(config, fer.starting_weights(config))
+        fer.build_model(config, train_transfer.starting_weights(config))
 
 
 def test_weights_file_without_classifier_loads(tmp_path):
@@ -100,7 +93,7 @@ def test_weights_file_without_classifier_loads(tmp_path):
     path = tmp_path / "features.pth"
     torch.save(state, path)
     config = transfer_config(weights="file", weights_path=str(path))
-    model = fer.build_model(config, fer.starting_weights(config))
+    model = fer.build_model(config, train_transfer.starting_weights(config))
     assert torch.equal(model.backbone.features[1].conv[0][0].weight, state["features.1.conv.0.0.weight"])
 
 
@@ -126,12 +119,12 @@ def test_cached_features_equal_the_backbone_output_and_the_head_learns_from_them
     config = transfer_config(unfreeze="0", epochs=2, batch_size=8)
     model = fer.build_model(config)
     data = fer.load_fer2013(kaggle_folder)
-    features = fer.cached_features(model, data, config)
+    features = train_transfer.cached_features(model, data, config)
     model.eval()
     with torch.no_grad():
         expected = model.features(data["val"]["images"].unsqueeze(1).float() / 255)
     assert torch.allclose(features["val"]["images"], expected, atol=1e-5)
-    assert fer.cached_features(model, data, config)["train"]["images"].shape == (42, 1280)  # from the cache
+    assert train_transfer.cached_features(model, data, config)["train"]["images"].shape == (42, 1280)  # from the cache
     backbone_before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     fer.train(model, features, config, tmp_path)
     assert all(torch.equal(v, model.backbone.state_dict()[k]) for k, v in backbone_before.items())
@@ -159,24 +152,36 @@ def test_blocks_above_the_feature_block_are_left_out_of_the_model():
     assert fer.count_parameters(tapped) == kept + fer.count_parameters(tapped.head)
 
 
-def test_features_of_an_earlier_block_and_augmented_views_are_cached_and_train_a_head(kaggle_folder, tmp_path):
-    config = transfer_config(unfreeze="0", feature_block=13, views=2, epochs=1, batch_size=8)
+def test_features_of_an_earlier_block_are_cached_and_train_a_head(kaggle_folder, tmp_path):
+    config = transfer_config(unfreeze="0", feature_block=13, epochs=1, batch_size=8)
     model = fer.build_model(config)
     data = fer.load_fer2013(kaggle_folder)
-    features = fer.cached_features(model, data, config)
-    train, plain = features["train"]["images"], data["train"]["images"]
-    assert train.shape == (3 * 42, 96, 4, 4)  # 64-px input: block 13 has 96 channels at stride 16
-    assert torch.equal(features["train"]["labels"], data["train"]["labels"].repeat(3))
+    features = train_transfer.cached_features(model, data, config)
+    assert features["train"]["images"].shape == (42, 96, 4, 4)  # 64-px input: block 13 has 96 channels at stride 16
     model.eval()
-    with torch.no_grad():
-        assert torch.allclose(train[:42], model.features(plain.unsqueeze(1).float() / 255), atol=1e-5)  # view 0: as is
-        difference = (train[42:84] - train[:42]).abs().max()  # the augmented views differ (random weights:
-        assert difference > 0.05 * train[:42].abs().max()   # tiny activations, so relative to their size)
-        # the head alone on cached features = the whole model on the images
+    with torch.no_grad():  # the head alone on cached features = the whole model on the images
         assert torch.allclose(model(features["val"]["images"]), model(data["val"]["images"].unsqueeze(1).float() / 255),
                               atol=1e-4)
     fer.train(model, features, config, tmp_path)
     assert (tmp_path / "best.pt").exists()
+
+
+def test_cached_features_carry_the_labels_of_the_data_they_are_asked_for(kaggle_folder):
+    # The same images under two label sets (FER-2013's, and FER+ targets): one cache file of features,
+    # and each call gets its own labels and targets back, never those of the call that filled the cache.
+    config = transfer_config(unfreeze="0", feature_block=13)
+    model = fer.build_model(config)
+    data = fer.load_fer2013(kaggle_folder)
+    relabelled = {name: dict(split, labels=(split["labels"] + 1) % 7, targets=torch.rand(len(split["labels"]), 7))
+                  for name, split in data.items()}
+    first = train_transfer.cached_features(model, data, config)
+    second = train_transfer.cached_features(model, relabelled, config)
+    assert len(list(fer.CACHE_DIR.glob("features-*.pt"))) == 1
+    for name in data:
+        assert torch.equal(first[name]["images"], second[name]["images"])
+        assert torch.equal(first[name]["labels"], data[name]["labels"]) and "targets" not in first[name]
+        assert torch.equal(second[name]["labels"], relabelled[name]["labels"])
+        assert torch.equal(second[name]["targets"], relabelled[name]["targets"])
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -195,7 +200,7 @@ def test_train_transfer_cli_feature_mode_writes_a_run_that_evaluate_reads(kaggle
     [run_dir] = (tmp_path / "runs").iterdir()
     config = json.loads((run_dir / "config.json").read_text())
     assert (config["mode"], config["weights"], config["unfreeze"], config["feature_block"]) == ("feature", "imagenet", "0", 13)
-    result = run_script("evaluate.py", "--run", str(run_dir), cwd=tmp_path)
+    result = run_script("evaluate.py", "--run", str(run_dir), "--data", str(kaggle_folder), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert json.loads((run_dir / "eval_test.json").read_text())["images"] == 14
     result = run_script("compare.py", "--out", str(tmp_path / "docs"), cwd=tmp_path)
@@ -218,12 +223,6 @@ def test_a_feature_block_the_network_does_not_have_is_refused(kaggle_folder, tmp
     result = run_script("train_transfer.py", "--data", str(kaggle_folder), "--mode", "feature", "--arch", "resnet18",
                         "--feature-block", "6", cwd=tmp_path)
     assert result.returncode == 2 and "resnet18 has blocks 1 to 5" in result.stderr
-
-
-def test_crops_in_feature_extraction_are_refused_since_cached_features_would_ignore_them(kaggle_folder, tmp_path):
-    result = run_script("train_transfer.py", "--data", str(kaggle_folder), "--mode", "feature", "--crop", "40",
-                        cwd=tmp_path)
-    assert result.returncode == 2 and "use --views" in result.stderr
 
 
 def test_weights_none_and_a_weights_file_together_are_refused(kaggle_folder, tmp_path):
