@@ -1078,6 +1078,12 @@ def resolve_config(args, arch):
         config_file = Path(args.resume) / "config.json"
         if not config_file.is_file():
             raise DataError(f"{config_file}: not found; --resume expects a run folder written by train_*.py")
+        # Without last.pt, train() would start at epoch 1 and overwrite best.pt: a released model has
+        # only best.pt, and so has a copy of it.
+        if not (Path(args.resume) / "last.pt").is_file():
+            what = "a finished model (best.pt)" if (Path(args.resume) / "best.pt").is_file() else "no finished epoch"
+            raise DataError(f"{args.resume}: nothing to resume: it holds {what} and no training state (last.pt); "
+                            f"train a new run instead")
         if args.run_dir:
             raise DataError(f"--resume continues {args.resume} in its own folder; leave out --run-dir {args.run_dir}")
         try:

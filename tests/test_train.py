@@ -110,7 +110,26 @@ def test_scripts_report_bad_input_in_one_line_without_a_traceback(tmp_path, scri
 
 def test_two_runs_of_the_same_name_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch):
     monkeypatch.setattr(fer.time, "strftime", lambda format: "20260101-000000")
-    folders = [fer.make_run_dir({"name": "twin"}, runs_dir=tmp_path) for _ in range(3)]
+    folders = [fer.make_run_dir({"name": "twin", "run_dir": None}, runs_dir=tmp_path) for _ in range(3)]
     assert [folder.name for folder in folders] == ["20260101-000000-twin", "20260101-000000-twin-2",
                                                    "20260101-000000-twin-3"]
     assert all(json.loads((folder / "config.json").read_text())["run_dir"] == str(folder) for folder in folders)
+
+
+def folder_contents(folder):
+    return {path.relative_to(folder): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+
+
+@pytest.mark.parametrize("kept, message", [(["best.pt"], "a finished model (best.pt)"), ([], "no finished epoch")])
+def test_resume_refuses_a_run_without_training_state_and_changes_nothing(tmp_path, kept, message):
+    # A released model is best.pt without last.pt: resuming it would train from epoch 1 and overwrite best.pt.
+    run = tmp_path / "release-copy"
+    run.mkdir()
+    for name in ["config.json", "metrics.jsonl", "eval_test.json"] + kept:
+        (run / name).write_bytes((fer.RELEASED_RUN / name).read_bytes())
+    before = folder_contents(tmp_path)
+    result = run_script("train_baseline.py", "--resume", str(run), cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"error: {run}: nothing to resume") and message in line
+    assert folder_contents(tmp_path) == before  # no file written, changed or added
