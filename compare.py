@@ -47,7 +47,7 @@ def summarise(run_dir):
         "macro_f1": report["macro_f1"], "best_val": max(row["val_acc"] for row in history), "trainable": fer.count_parameters(fer.build_model(config), trainable_only=True),
         "epochs": len(history), "images_per_s": sum(row["images_per_s"] for row in history) / len(history),
         "minutes": fer.training_minutes(run_dir),
-        "unfreeze": config.get("unfreeze"), "blocks": fer.BLOCKS.get(config["arch"]), "train_fraction": config.get("train_fraction", 1.0)}
+        "unfreeze": config.get("unfreeze"), "blocks": fer.BLOCKS.get(config["arch"]), "train_fraction": config["train_fraction"]}
 
 
 def trained_blocks(row):

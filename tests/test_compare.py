@@ -6,7 +6,7 @@ from conftest import run_script
 
 def write_run(folder, accuracy, minutes, **config):
     folder.mkdir(parents=True)
-    config = dict(name=folder.name, schedule="cosine", optimizer="adamw", seed=0, **config)
+    config = dict(dict(name=folder.name, schedule="cosine", optimizer="adamw", seed=0, train_fraction=1.0), **config)
     (folder / "config.json").write_text(json.dumps(config))
     (folder / "eval_test.json").write_text(json.dumps({
         "accuracy": accuracy, "accuracy_flip_tta": accuracy + 0.01, "accuracy_without_train_duplicates": accuracy,
@@ -18,7 +18,8 @@ def write_run(folder, accuracy, minutes, **config):
 
 
 def test_the_curve_has_one_row_per_point_ordered_by_data_share_then_k(tmp_path):
-    transfer = dict(arch="mobilenet_v2", input_size=96, weights="file", weights_path="w.pth", mode="finetune")
+    transfer = dict(arch="mobilenet_v2", input_size=96, feature_block=None, weights="file", weights_path="w.pth",
+                    mode="finetune")
     runs = [write_run(tmp_path / "k19", 0.66, 50, unfreeze="all", **transfer),
             write_run(tmp_path / "k0", 0.47, 10, unfreeze="0", **transfer),
             write_run(tmp_path / "k2-10pct", 0.40, 3, unfreeze="2", train_fraction=0.1, **transfer),
