@@ -53,6 +53,8 @@ def main():
     parser.add_argument("--budget", type=float, default=180.0, help="most training minutes of all members "
                         "together (default: %(default)s)")
     parser.add_argument("--top", type=int, default=10, help="combinations to list (default: %(default)s)")
+    parser.add_argument("--data", default=fer.DEFAULT_DATA, help="Kaggle-layout folder or fer2013.csv "
+                        "(default: $FER_DATA or %(default)s; the path in a run's config.json is only a record)")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     args = parser.parse_args()
 
@@ -60,7 +62,7 @@ def main():
     try:
         device = fer.pick_device(args.device)
         config = fer.load_checkpoint(Path(args.runs[0]) / "best.pt", "cpu")["config"]
-        data = fer.load_fer2013(config["data"], seed=config["seed"])
+        data = fer.load_fer2013(args.data, seed=config["seed"])
         for run in args.runs:
             probabilities[run] = publictest_probabilities(run, data, device)
             minutes[run] = fer.training_minutes(run)

@@ -28,6 +28,24 @@ import fer
 SPLIT_NAMES = {"test": "PrivateTest", "val": "PublicTest"}
 
 
+def confusion_matrix(labels, predictions, num_classes=len(fer.EMOTIONS)):
+    """counts[true, predicted]."""
+    return torch.bincount(labels * num_classes + predictions, minlength=num_classes ** 2).view(num_classes, -1)
+
+
+def classification_report(labels, predictions):
+    """Accuracy, per-class precision / recall / F1 / support, and macro-F1."""
+    counts = confusion_matrix(labels, predictions).double()
+    true_positives = counts.diag()
+    precision = true_positives / counts.sum(0).clamp(min=1)
+    recall = true_positives / counts.sum(1).clamp(min=1)
+    f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+    per_class = {name: {"precision": precision[i].item(), "recall": recall[i].item(), "f1": f1[i].item(),
+                        "support": int(counts[i].sum())} for i, name in enumerate(fer.EMOTIONS)}
+    return {"accuracy": (true_positives.sum() / counts.sum()).item(), "macro_f1": f1.mean().item(),
+            "per_class": per_class, "confusion": counts.long().tolist()}
+
+
 def plot_confusion(counts, title, path):
     """Counts and row-normalised (recall per true class) confusion matrices side by side."""
     counts = torch.tensor(counts)
@@ -54,13 +72,13 @@ def view_report(labels, probabilities, unseen, votes=None):
     """Everything reported for one set of test-time views, from the class probabilities; with FER+ `votes`,
     also how often the prediction is the crowd's majority emotion (over the images that have one)."""
     predictions = probabilities.argmax(1)
-    report = fer.classification_report(labels, predictions)
+    report = classification_report(labels, predictions)
     confusion = torch.tensor(report["confusion"])
     report.update(confusion_row_normalised=(confusion / confusion.sum(1, keepdim=True).clamp(min=1)).tolist(),
                   accuracy_without_train_duplicates=(predictions[unseen] == labels[unseen]).float().mean().item())
     if votes is not None:
         _, majority, has_label = fer.ferplus_labels(votes)
-        ferplus = fer.classification_report(majority[has_label], predictions[has_label])
+        ferplus = classification_report(majority[has_label], predictions[has_label])
         report.update(ferplus_accuracy=ferplus["accuracy"], ferplus_macro_f1=ferplus["macro_f1"],
                       ferplus_recall={name: row["recall"] for name, row in ferplus["per_class"].items()})
     return report
@@ -83,7 +101,8 @@ def main():
     parser.add_argument("--split", choices=["test", "val"], default="test",
                         help="test = PrivateTest, val = PublicTest (default: %(default)s)")
     parser.add_argument("--out", help="ensemble: folder for the results (default: runs/<time>-ensemble-<n>)")
-    parser.add_argument("--data", help="dataset location (default: the one the (first) run was trained on)")
+    parser.add_argument("--data", default=fer.DEFAULT_DATA, help="Kaggle-layout folder or fer2013.csv "
+                        "(default: $FER_DATA or %(default)s; the path in a run's config.json is only a record)")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     parser.add_argument("--single-view", action="store_true",
                         help="no test-time augmentation: one forward pass per image instead of ten")
@@ -92,7 +111,7 @@ def main():
     try:
         device = fer.pick_device(args.device)
         models, configs = zip(*(fer.load_run(run, device) for run in args.run))
-        data = fer.load_fer2013(args.data or configs[0]["data"], seed=configs[0]["seed"])
+        data = fer.load_fer2013(args.data, seed=configs[0]["seed"])
     except fer.DataError as error:
         sys.exit(f"error: {error}")
     images, labels = data[args.split]["images"], data[args.split]["labels"]

@@ -954,24 +954,6 @@ def evaluate(model, images, labels, device, amp=False, tta=False):
             "probabilities": probabilities}
 
 
-def confusion_matrix(labels, predictions, num_classes=len(EMOTIONS)):
-    """counts[true, predicted]."""
-    return torch.bincount(labels * num_classes + predictions, minlength=num_classes ** 2).view(num_classes, -1)
-
-
-def classification_report(labels, predictions):
-    """Accuracy, per-class precision / recall / F1 / support, and macro-F1."""
-    counts = confusion_matrix(labels, predictions).double()
-    true_positives = counts.diag()
-    precision = true_positives / counts.sum(0).clamp(min=1)
-    recall = true_positives / counts.sum(1).clamp(min=1)
-    f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
-    per_class = {name: {"precision": precision[i].item(), "recall": recall[i].item(), "f1": f1[i].item(),
-                        "support": int(counts[i].sum())} for i, name in enumerate(EMOTIONS)}
-    return {"accuracy": (true_positives.sum() / counts.sum()).item(), "macro_f1": f1.mean().item(),
-            "per_class": per_class, "confusion": counts.long().tolist()}
-
-
 # -----------------------------------------------------------------------------
 # Grad-CAM: where in the image the evidence for a class was found (Selvaraju et al., 2017)
 

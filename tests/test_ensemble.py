@@ -54,6 +54,11 @@ def test_an_ensemble_averages_its_members_probabilities():
     assert torch.allclose(probabilities, expected.expand(4, -1), atol=1e-6)
 
 
+def data_of(run):
+    """Where the run found its data: a record in config.json, which the tools are told with --data or FER_DATA."""
+    return json.loads((run / "config.json").read_text())["data"]
+
+
 @pytest.fixture
 def two_runs(kaggle_folder, tmp_path):
     runs = []
@@ -69,7 +74,7 @@ def two_runs(kaggle_folder, tmp_path):
 def test_evaluate_reports_an_ensemble_of_two_runs_like_a_single_run(two_runs, tmp_path):
     out = tmp_path / "ensemble"
     result = run_script("evaluate.py", "--run", str(two_runs[0]), "--run", str(two_runs[1]), "--out", str(out),
-                        cwd=tmp_path)
+                        cwd=tmp_path, FER_DATA=str(data_of(two_runs[0])))
     assert result.returncode == 0, result.stderr
     assert "ensemble of 2 runs" in result.stdout and "ten-view TTA" in result.stdout
     report = json.loads((out / "eval_test.json").read_text())
@@ -80,7 +85,7 @@ def test_evaluate_reports_an_ensemble_of_two_runs_like_a_single_run(two_runs, tm
     assert (out / "confusion_test.png").stat().st_size > 0
 
     # The ensemble's accuracy is that of the mean of the members' probabilities, worked out here.
-    data = fer.load_fer2013(json.loads((two_runs[0] / "config.json").read_text())["data"])
+    data = fer.load_fer2013(data_of(two_runs[0]))
     models = [fer.load_run(run, torch.device("cpu"))[0] for run in two_runs]
     for view, tta in (("single", False), ("flip", "flip"), ("ten", "ten")):  # evaluate.py derives all three from the ten
         mean = sum(fer.predict_probabilities(model, data["test"]["images"], torch.device("cpu"), tta=tta)
@@ -90,7 +95,8 @@ def test_evaluate_reports_an_ensemble_of_two_runs_like_a_single_run(two_runs, tm
 
 
 def test_evaluate_single_view_reports_no_tta(two_runs, tmp_path):
-    result = run_script("evaluate.py", "--run", str(two_runs[0]), "--single-view", cwd=tmp_path)
+    result = run_script("evaluate.py", "--run", str(two_runs[0]), "--single-view", "--data", data_of(two_runs[0]),
+                        cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "single view" in result.stdout and "TTA" not in result.stdout
     report = json.loads((two_runs[0] / "eval_test.json").read_text())
@@ -119,18 +125,19 @@ def test_ensembles_are_ranked_on_their_mean_probabilities_within_the_training_bu
 
 
 def test_choose_ensemble_scores_two_runs_on_publictest_and_prints_the_command(two_runs, tmp_path):
-    result = run_script("choose_ensemble.py", *map(str, two_runs), "--budget", "1000", cwd=tmp_path)
+    data = ["--data", data_of(two_runs[0])]
+    result = run_script("choose_ensemble.py", *map(str, two_runs), "--budget", "1000", *data, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "3 of 3 combinations" in result.stdout and "make ensemble RUNS=" in result.stdout
     assert not list(two_runs[0].glob("eval_*.json"))  # no report: PrivateTest is for make ensemble
     # Each run's probabilities are kept beside best.pt and used again, until best.pt changes.
     cache = two_runs[0] / "publictest_ten_view.pt"
-    labels = fer.load_fer2013(json.loads((two_runs[0] / "config.json").read_text())["data"])["val"]["labels"]
+    labels = fer.load_fer2013(data_of(two_runs[0]))["val"]["labels"]
     torch.save(torch.eye(7)[labels], cache)  # a stand-in that is right on every image
-    result = run_script("choose_ensemble.py", str(two_runs[0]), cwd=tmp_path)
+    result = run_script("choose_ensemble.py", str(two_runs[0]), *data, cwd=tmp_path)
     assert f"{two_runs[0]}: PublicTest ten-view 100.00%" in result.stdout
     (two_runs[0] / "best.pt").touch()
-    result = run_script("choose_ensemble.py", str(two_runs[0]), cwd=tmp_path)
+    result = run_script("choose_ensemble.py", str(two_runs[0]), *data, cwd=tmp_path)
     assert "100.00%" not in result.stdout and not torch.equal(torch.load(cache), torch.eye(7)[labels])
-    result = run_script("choose_ensemble.py", *map(str, two_runs), "--budget", "0", cwd=tmp_path)
+    result = run_script("choose_ensemble.py", *map(str, two_runs), "--budget", "0", *data, cwd=tmp_path)
     assert result.returncode == 1 and "longer than --budget 0" in result.stderr
