@@ -1,10 +1,9 @@
 """
 fer.py: facial emotion recognition on FER-2013 in plain PyTorch.
 
-Everything the scripts share lives here, in the order a reader needs it: setup (devices,
-torchrun) -> data -> augmentation -> models -> training loop -> evaluation -> Grad-CAM ->
-command line -> run folders. The scripts (train_baseline.py, evaluate.py, ...) only parse
-arguments and call in.
+Everything the scripts share lives here, in the order a reader needs it: data -> augmentation ->
+models -> training loop -> evaluation -> Grad-CAM -> run folders. The scripts (train_baseline.py,
+evaluate.py, ...) parse arguments, call in, and write what only they need.
 """
 import atexit
 import copy
@@ -41,75 +40,8 @@ CACHE_DIR = Path(os.environ.get("FER_CACHE", PROJECT_DIR / "data" / "cache"))
 RELEASED_RUN = PROJECT_DIR / "runs" / "release"
 
 
-# -----------------------------------------------------------------------------
-# Setup: devices, and torchrun's process group when there is one
-
-
 class DataError(Exception):
     """Bad input (data, files, settings); the message names the path or setting and what was expected."""
-
-
-def pick_device(requested=None):
-    """The torch.device of --device, or the GPU when there is one; a device this machine lacks is a DataError."""
-    if requested:
-        try:
-            device = torch.device(requested)
-        except RuntimeError:  # torch lists all twenty device types it knows; these are the ones to try
-            raise DataError(f"--device {requested}: not a device; use cpu, cuda or cuda:N") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise DataError(f"--device {requested}: no CUDA GPU is available here; use --device cpu")
-        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-            raise DataError(f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
-                            f"numbered from 0")
-        return device
-    # Under torchrun each process on a machine takes its own GPU.
-    return torch.device(f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu")
-
-
-def native_bf16(device):
-    """Whether `device` computes in bfloat16 natively: a CUDA GPU from Ampere on, or a CPU with bf16
-    instructions (AVX-512 BF16 or AMX). `--amp auto` autocasts only there: elsewhere bf16 is emulated,
-    and VGGNet trains 15x slower in it than in float32."""
-    if device.type == "cuda":
-        # torch.cuda.is_bf16_supported asks about the current GPU, not `device`: the same test, for this one.
-        return bool(torch.version.hip) or torch.cuda.get_device_capability(device) >= (8, 0)
-    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
-# Distributed (torchrun): the same scripts run as N processes, each with a shard of every batch.
-def init_distributed():
-    """Join torchrun's process group when torchrun started us (it sets RANK and WORLD_SIZE);
-    otherwise do nothing. Only rank 0 prints; the others' output would repeat it."""
-    if "RANK" not in os.environ or dist.is_initialized():
-        return
-    if torch.cuda.is_available():  # NCCL for CUDA tensors (one GPU per process), gloo for CPU tensors
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
-    # A rank that dies makes the others' next collective fail after this timeout instead of hanging.
-    dist.init_process_group(backend, timeout=timedelta(seconds=int(os.environ.get("FER_DIST_TIMEOUT", 300))))
-    atexit.register(leave_process_group)
-    if dist.get_rank() != 0:
-        sys.stdout = open(os.devnull, "w")
-
-
-def leave_process_group():
-    # Rank 0 hosts the store the others talk through: a rank still shutting down when rank 0
-    # has gone aborts ("terminate called without an active exception"), so all leave together.
-    dist.barrier()
-    dist.destroy_process_group()
-
-
-def rank_and_world_size():
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-
-
-def sum_across_ranks(numbers, device):
-    """Each number summed over all processes (every process gets the sums); alone: unchanged."""
-    if not dist.is_initialized():
-        return numbers
-    tensor = torch.tensor(numbers, dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return tensor.tolist()
 
 
 # -----------------------------------------------------------------------------
@@ -679,7 +611,70 @@ def count_parameters(model, trainable_only=False):
 
 
 # -----------------------------------------------------------------------------
-# Training loop
+# Training loop: devices and torchrun, the schedule, the optimizer, one epoch, a whole run
+
+
+def pick_device(requested=None):
+    """The torch.device of --device, or the GPU when there is one; a device this machine lacks is a DataError."""
+    if requested:
+        try:
+            device = torch.device(requested)
+        except RuntimeError:  # torch lists all twenty device types it knows; these are the ones to try
+            raise DataError(f"--device {requested}: not a device; use cpu, cuda or cuda:N") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise DataError(f"--device {requested}: no CUDA GPU is available here; use --device cpu")
+        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+            raise DataError(f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                            f"numbered from 0")
+        return device
+    # Under torchrun each process on a machine takes its own GPU.
+    return torch.device(f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu")
+
+
+def native_bf16(device):
+    """Whether `device` computes in bfloat16 natively: a CUDA GPU from Ampere on, or a CPU with bf16
+    instructions (AVX-512 BF16 or AMX). `--amp auto` autocasts only there: elsewhere bf16 is emulated,
+    and VGGNet trains 15x slower in it than in float32."""
+    if device.type == "cuda":
+        # torch.cuda.is_bf16_supported asks about the current GPU, not `device`: the same test, for this one.
+        return bool(torch.version.hip) or torch.cuda.get_device_capability(device) >= (8, 0)
+    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+# Distributed (torchrun): the same scripts run as N processes, each with a shard of every batch.
+def init_distributed():
+    """Join torchrun's process group when torchrun started us (it sets RANK and WORLD_SIZE);
+    otherwise do nothing. Only rank 0 prints; the others' output would repeat it."""
+    if "RANK" not in os.environ or dist.is_initialized():
+        return
+    if torch.cuda.is_available():  # NCCL for CUDA tensors (one GPU per process), gloo for CPU tensors
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+    # A rank that dies makes the others' next collective fail after this timeout instead of hanging.
+    dist.init_process_group(backend, timeout=timedelta(seconds=int(os.environ.get("FER_DIST_TIMEOUT", 300))))
+    atexit.register(leave_process_group)
+    if dist.get_rank() != 0:
+        sys.stdout = open(os.devnull, "w")
+
+
+def leave_process_group():
+    # Rank 0 hosts the store the others talk through: a rank still shutting down when rank 0
+    # has gone aborts ("terminate called without an active exception"), so all leave together.
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def rank_and_world_size():
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def sum_across_ranks(numbers, device):
+    """Each number summed over all processes (every process gets the sums); alone: unchanged."""
+    if not dist.is_initialized():
+        return numbers
+    tensor = torch.tensor(numbers, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
 
 
 def learning_rate(config, step, total_steps, plateau_factor):
@@ -1019,7 +1014,8 @@ def grad_cam(model, images, classes=None, layer=None):
 
 
 # -----------------------------------------------------------------------------
-# Command line: the settings every training script shares
+# Run folders: the settings (command line -> config.json), runs/<timestamp>-<name>/ with config.json,
+# metrics.jsonl, curves.png, best.pt and last.pt, and the model rebuilt from them
 
 
 # The original project's augmentation (Keras ImageDataGenerator: flip, 10 degrees, 10% zoom and shift) and
@@ -1086,10 +1082,6 @@ def resolve_config(args, arch):
                   amp={"on": True, "off": False, "auto": native_bf16(device)}[args.amp])
     del config["resume"]
     return config, None
-
-
-# -----------------------------------------------------------------------------
-# Run folders: runs/<timestamp>-<name>/ with config.json, metrics.jsonl, curves.png, best.pt, last.pt
 
 
 def save_atomically(obj, path):
