@@ -109,13 +109,12 @@ def list_inputs(arguments, outputs, results):
     searched without reading back predict.py's output: annotated copies (*.emotions.png, *.emotions.mp4),
     the --csv and --plot files and the --out folder. A folder that yields nothing, or cannot be searched,
     is reported to `results`."""
-    outputs = {path.resolve() for path in outputs}
-    seen, inputs = set(), []
 
-    def add(path, name):
-        if path.resolve() not in seen:
-            seen.add(path.resolve())
-            inputs.append((path, name))
+    def real(folder, name):  # one spelling per file: its folder resolved, not the file (a folder of 3,589
+        return Path(folder).resolve() / name  # symbolic links took seconds of lstat and readlink to resolve)
+
+    outputs = {real(path.parent, path.name) for path in outputs}
+    seen, inputs = set(), []
 
     def cannot_search(error):
         results.error(f"{error.filename}: cannot search this folder ({error.strerror.lower()})")
@@ -124,20 +123,25 @@ def list_inputs(arguments, outputs, results):
         if not argument.is_dir():
             if argument.name.endswith(OWN_OUTPUT):
                 results.warning(f"{argument}: skipped: an annotated copy predict.py wrote")
-            else:
-                add(argument, Path(argument.name))  # checked when it is read, in the order named
+            elif real(argument.parent, argument.name) not in seen:  # checked when it is read, in the order named
+                seen.add(real(argument.parent, argument.name))
+                inputs.append((argument, Path(argument.name)))
             continue
-        found, errors = [], results.errors
+        found, errors = 0, results.errors
         for folder, subfolders, names in os.walk(argument, onerror=cannot_search):
-            subfolders[:] = sorted(name for name in subfolders if Path(folder, name).resolve() not in outputs)
-            found += [(Path(folder, name), Path(folder, name).relative_to(argument)) for name in sorted(names)
-                      if Path(name).suffix.lower() in PICTURE_SUFFIXES | VIDEO_SUFFIXES
-                      and not name.endswith(OWN_OUTPUT) and Path(folder, name).resolve() not in outputs]
+            resolved = real(folder, "")
+            subfolders[:] = sorted(name for name in subfolders if resolved / name not in outputs)
+            for name in sorted(names):
+                path = resolved / name
+                if (Path(name).suffix.lower() in PICTURE_SUFFIXES | VIDEO_SUFFIXES and not name.endswith(OWN_OUTPUT)
+                        and path not in outputs):
+                    found += 1
+                    if path not in seen:
+                        seen.add(path)
+                        inputs.append((Path(folder, name), Path(folder, name).relative_to(argument)))
         if not found and results.errors == errors:
             results.error(f"{argument}: no pictures or videos in this folder (looked for "
                           f"{', '.join(sorted(PICTURE_SUFFIXES | VIDEO_SUFFIXES))})")
-        for path, name in found:
-            add(path, name)
     return inputs
 
 
