@@ -160,6 +160,12 @@ def bench_predict(crop_paths, run_dir, workdir):
         run("--no-detect", *crop_paths[:8])  # warm-up: oneDNN picks its kernels
         seconds, faces = run("--no-detect", workdir / "crops")
         results["folder_no_detect_images_per_s"] = len(faces) / seconds
+        # Beside it, evaluate.py's path on the same crops and model: decoded beforehand, float32, batches of 512.
+        model, _ = fer.load_run(run_dir, torch.device("cpu"))
+        images = torch.stack([fer.read_image(path) for path in crop_paths])
+        start = time.perf_counter()
+        fer.predict_probabilities(model, images, torch.device("cpu"))
+        results["evaluate_same_crops_images_per_s"] = len(images) / (time.perf_counter() - start)
     try:
         write_face_video(workdir / "face.mp4")
     except ImportError:  # no OpenCV: make install-predict
@@ -260,7 +266,8 @@ def main():
     results["predict"] = dict(speeds, arch=arch)
     if "folder_no_detect_images_per_s" in speeds:
         rows.append((f"predict: folder of PrivateTest crops, --no-detect, {arch}",
-                     f"{speeds['folder_no_detect_images_per_s']:,.0f} img/s", "decoding and JSON lines included"))
+                     f"{speeds['folder_no_detect_images_per_s']:,.0f} img/s", "decoding and JSON lines included; "
+                     f"evaluate.py's path, same crops: {speeds['evaluate_same_crops_images_per_s']:,.0f} img/s"))
     if "video_frames_per_s" in speeds:
         found = f"one face found in {speeds['video_frames_with_one_face']} of 150 frames"
         rows.append((f"predict: 640x480 video, one face, {arch}", f"{speeds['video_frames_per_s']:.0f} frames/s",
