@@ -113,7 +113,8 @@ def faces_in_picture(path, detect):
     cropped as it crops them; with detect=False the whole picture is one face crop. A whole photo shrunk
     to 48x48 would show the model a face a few pixels wide."""
     image = predict.open_image(Path(path))
-    boxes = predict.find_faces(predict.load_face_detector(), image) if detect else [[0, 0, image.width, image.height]]
+    boxes = (predict.find_faces(predict.load_face_detector(), image, predict.PHOTO_DETECT_SIDE) if detect
+             else [[0, 0, image.width, image.height]])
     if not boxes:
         raise fer.DataError(f"{path}: no face found (for an image that is already a face crop, pass --no-detect)")
     return predict.crop_faces(image, boxes), boxes
@@ -122,12 +123,11 @@ def faces_in_picture(path, detect):
 def plot_faces(faces, boxes, probabilities, cams, path):
     """A row per face: the 48x48 crop the model sees, its Grad-CAM, its seven probabilities."""
     figure, axes = plt.subplots(len(faces), 3, figsize=(10, 3.4 * len(faces)), squeeze=False)
-    for (face_axes, cam_axes, bar_axes), face, box, face_probabilities, cam in zip(axes, faces, boxes,
-                                                                                 probabilities, cams):
-        predicted = face_probabilities.argmax().item()
-        show(face_axes, face, None, f"box {box}, as 48x48 grayscale")
-        show(cam_axes, face, cam, f"Grad-CAM of {fer.EMOTIONS[predicted]} ({face_probabilities[predicted]:.0%})")
-        bar_axes.barh(fer.EMOTIONS, face_probabilities.tolist())
+    for i, (face_axes, cam_axes, bar_axes) in enumerate(axes):
+        predicted = probabilities[i].argmax().item()
+        show(face_axes, faces[i], None, f"box {boxes[i]}, as 48x48 grayscale")
+        show(cam_axes, faces[i], cams[i], f"Grad-CAM of {fer.EMOTIONS[predicted]} ({probabilities[i, predicted]:.0%})")
+        bar_axes.barh(fer.EMOTIONS, probabilities[i].tolist())
         bar_axes.invert_yaxis()
         bar_axes.set(xlim=(0, 1), title="probabilities")
     save(figure, path)
