@@ -152,9 +152,9 @@ $(EXPORT_VENV): $(VENV) requirements-export.txt
 	.venv/bin/pip install -r requirements-export.txt
 	touch $@
 
-release: $(VENV)  ## make RUN the released model runs/release/: stripped best.pt, its evaluation, RELEASE.md
+release: $(VENV)  ## make RUN the released model runs/release/ (RUN="A B C": the seed best on PublicTest)
 	@test "$(origin RUN)" != file || { echo "name the run to release: make release RUN=runs/DIR"; exit 1; }
-	$(PYTHON) release.py --run $(RUN) $(ARGS)
+	$(PYTHON) release.py $(foreach run,$(RUN),--run $(run)) $(ARGS)
 
 export: $(EXPORT_VENV)  ## RUN (default: runs/release) to RUN/model.onnx, checked against PyTorch with onnxruntime
 	$(PYTHON) export.py $(PREDICT_RUN) $(ARGS)

@@ -3,7 +3,12 @@ Make a run folder the released model: runs/release/, the one folder under runs/ 
 fresh clone can predict (predict.py, gradcam.py, export.py use it when no --run is named).
 
     python release.py --run runs/DIR              # make release RUN=runs/DIR
+    python release.py --run runs/A --run runs/B --run runs/C   # the seeds of one recipe: make release RUN="A B C"
     python release.py --run runs/DIR --out DIR    # build a release folder somewhere else
+
+Given the seeds of one recipe, the rule picks the release: the seed with the best PublicTest accuracy, the
+split checkpoints are chosen on, never PrivateTest. The card reports every seed's PrivateTest accuracy, so
+the release's own number reads beside their mean ± std, not as what the command gives.
 
 The release holds only what inference and the model card need: best.pt stripped to the weights (float32)
 and the config, config.json, eval_test.json and confusion_test.png (evaluate.py runs first when the run
@@ -87,9 +92,9 @@ def strip_checkpoint(source, target):
 def ensure_evaluated(run_dir, data):
     """The run's eval_test.json, written by evaluate.py first if the run has none."""
     if not (run_dir / "eval_test.json").is_file():
-        data = data or json.loads((run_dir / "config.json").read_text())["data"]
+        data = data or fer.DEFAULT_DATA
         if not Path(data).exists():
-            raise fer.DataError(f"{run_dir} has no eval_test.json and its data ({data}) is not here to make one: "
+            raise fer.DataError(f"{run_dir} has no eval_test.json and the data ({data}) is not here to make one: "
                                 f"pass --data, or evaluate it where the data is (make evaluate RUN={run_dir})")
         print(f"{run_dir} has no eval_test.json: running evaluate.py first")
         subprocess.run([sys.executable, str(fer.PROJECT_DIR / "evaluate.py"), "--run", str(run_dir), "--data", data],
@@ -97,12 +102,42 @@ def ensure_evaluated(run_dir, data):
     return json.loads((run_dir / "eval_test.json").read_text())
 
 
-def model_card(run_dir, config, checkpoint, report, size_mb, parameters):
+# What may differ between the seeds of one recipe: the seed, and records of where and how each run was made.
+NOT_RECIPE = NOT_SETTINGS | {"seed", "name", "amp"}
+
+
+def choose_by_rule(run_dirs, data):
+    """Among the seeds of one recipe, the run with the best PublicTest accuracy (the value its best.pt was
+    chosen by), and every seed's (run, PublicTest, PrivateTest accuracy) for the card."""
+    seeds = []
+    for run_dir in run_dirs:
+        checkpoint = fer.load_checkpoint(run_dir / "best.pt", "cpu", keys=("model", "config", "val_acc"))
+        seeds.append((run_dir, checkpoint["val_acc"], ensure_evaluated(run_dir, data)["accuracy"], checkpoint["config"]))
+    recipe = {key: value for key, value in seeds[0][3].items() if key not in NOT_RECIPE}
+    for run_dir, _, _, config in seeds[1:]:
+        differ = sorted(key for key in recipe.keys() | config.keys() - NOT_RECIPE if config.get(key) != recipe.get(key))
+        if differ:
+            raise fer.DataError(f"{run_dir} and {seeds[0][0]} are not seeds of one recipe: they differ in "
+                                f"{', '.join(differ)}")
+    return max(seeds, key=lambda seed: seed[1])[0], [seed[:3] for seed in seeds]
+
+
+def model_card(run_dir, config, checkpoint, report, size_mb, parameters, seeds=()):
     accuracy = (f"{report['accuracy']:.2%} (with flip TTA {report['accuracy_flip_tta']:.2%}; "
                 f"macro-F1 {report['macro_f1']:.3f})")
     if "accuracy_without_train_duplicates" in report:
         accuracy += (f"; {report['accuracy_without_train_duplicates']:.2%} on the "
                      f"{report['images_without_train_duplicate']} images with no copy in train")
+    rows = []
+    if len(seeds) > 1:
+        private = torch.tensor([accuracy for _, _, accuracy in seeds])
+        listed = ", ".join(f"seed {json.loads((run / 'config.json').read_text())['seed']}: {val:.2%} / {test:.2%}"
+                           for run, val, test in seeds)
+        rows.append(f"| seeds of this command | {len(seeds)}, PrivateTest {private.mean():.2%} ± {private.std():.2%}; "
+                    f"released: the best on PublicTest (PublicTest / PrivateTest: {listed}) |")
+    if "ferplus_accuracy" in report:
+        rows.append(f"| FER+ majority accuracy | {report['ferplus_accuracy']:.2%} on the {report['ferplus_images']} "
+                    f"PrivateTest images with a FER+ majority label (the crowd's votes, not the dataset's label) |")
     lines = [
         f"# Released model: {run_dir.name}", "",
         "Rebuilt by `release.py` from a run folder; every number below is from its files.", "",
@@ -115,8 +150,10 @@ def model_card(run_dir, config, checkpoint, report, size_mb, parameters):
         f"| checkpoint | epoch {checkpoint.get('epoch', '?')} of {config['epochs']}, the best validation "
         f"(PublicTest) accuracy ({checkpoint.get('val_acc', float('nan')):.2%}) |",
         f"| PrivateTest accuracy | {accuracy} |",
+        *rows,
         f"| size | {size_mb:.1f} MB (best.pt: float32 weights and config only) |",
-        f"| released | {time.strftime('%Y-%m-%d')} with `python release.py --run {run_dir.as_posix()}` |", "",
+        f"| released | {time.strftime('%Y-%m-%d')} with `python release.py "
+        f"{' '.join('--run ' + run.as_posix() for run, _, _ in seeds) or '--run ' + run_dir.as_posix()}` |", "",
         f"Per class, {report.get('split', 'PrivateTest')} ({report.get('images', '?')} images):", "",
         "| emotion | F1 | precision | recall | images |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {name} | {row['f1']:.3f} | {row['precision']:.3f} | {row['recall']:.3f} | {row['support']} |"
@@ -124,7 +161,7 @@ def model_card(run_dir, config, checkpoint, report, size_mb, parameters):
     return "\n".join(lines) + "\n"
 
 
-def build_release(run_dir, out, data=None):
+def build_release(run_dir, out, data=None, seeds=()):
     """Build the release of `run_dir` in a hidden folder beside `out`, check it, then swap it in."""
     if not (run_dir / "best.pt").is_file():
         raise fer.DataError(f"{run_dir / 'best.pt'}: no checkpoint; expected a run folder written by train_*.py")
@@ -147,7 +184,7 @@ def build_release(run_dir, out, data=None):
                            fer.predict_probabilities(fer.load_run(run_dir, cpu)[0], faces, cpu)):
             raise RuntimeError(f"the stripped checkpoint predicts differently from {run_dir / 'best.pt'}")
         size_mb = sum(f.stat().st_size for f in staging.iterdir()) / 1e6
-        card = model_card(run_dir, config, checkpoint, report, size_mb, fer.count_parameters(released))
+        card = model_card(run_dir, config, checkpoint, report, size_mb, fer.count_parameters(released), seeds)
         (staging / "RELEASE.md").write_text(card)
         # The swap: two renames, so no reader ever sees a half-written release (between them, for an
         # instant, none at all; an interrupted swap leaves the old one in the hidden -old- folder).
@@ -166,18 +203,20 @@ def build_release(run_dir, out, data=None):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", type=Path, required=True,
-                        help="run folder written by train_baseline.py or train_transfer.py")
+    parser.add_argument("--run", type=Path, required=True, action="append",
+                        help="run folder written by train_baseline.py or train_transfer.py; repeat it for the "
+                        "seeds of one recipe, and the best on PublicTest is released")
     parser.add_argument("--out", type=Path, default=fer.RELEASED_RUN, help="release folder (default: runs/release)")
-    parser.add_argument("--data", help="dataset for evaluate.py, if the run is not evaluated yet "
-                        "(default: the one the run was trained on)")
+    parser.add_argument("--data", help="dataset for evaluate.py, if a run is not evaluated yet "
+                        "(default: $FER_DATA or data/fer2013)")
     args = parser.parse_args()
     try:
-        card, size_mb = build_release(args.run, args.out, args.data)
+        run_dir, seeds = choose_by_rule(args.run, args.data) if len(args.run) > 1 else (args.run[0], ())
+        card, size_mb = build_release(run_dir, args.out, args.data, seeds)
     except (fer.DataError, subprocess.CalledProcessError) as error:
         sys.exit(f"error: {error}")
     print(card)
-    print(f"released {args.run} as {args.out} ({size_mb:.1f} MB)")
+    print(f"released {run_dir} as {args.out} ({size_mb:.1f} MB)")
     if size_mb > 10:
         print(f"note: {size_mb:.0f} MB is committed with every release; the baseline CNN is 9.8 MB")
 
