@@ -956,7 +956,8 @@ def evaluate(model, images, labels, device, amp=False, tta=False):
 def last_conv_layer(model):
     """The default target, found the same way in any network: the last nn.Conv2d in module order
     (its maps are the most class-specific ones that still have a layout), taken after the ReLU that
-    directly follows it (after a BatchNorm, if any) when there is one.
+    directly follows it (after a BatchNorm, if any) when there is one. A max-pool in between (VGGNet
+    pools before its last BatchNorm) keeps the conv itself: its 6x6 map, not the pooled 3x3.
 
     Rectified maps, as in the Grad-CAM paper: the ReLU zeroes a negative pre-activation, so it cannot
     lower a score, yet it would pull the map down (39% of the baseline's maps of the conv itself came

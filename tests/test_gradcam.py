@@ -116,7 +116,11 @@ def test_a_network_with_frozen_weights_gets_the_same_maps():
 def test_the_default_target_is_the_last_conv_after_its_relu():
     plain, normalised = fer.BaselineCNN(width=8), fer.VGGNet(width=8)
     assert fer.last_conv_layer(plain) is plain.features[7]  # conv 6 -> ReLU 7
-    assert fer.last_conv_layer(normalised) is normalised.features[26]  # conv 24 -> BatchNorm 25 -> ReLU 26
+    # VGGNet pools its last conv before the BatchNorm and ReLU: the conv's own map is the target, which at
+    # 6x6 is twice as fine as the pooled ReLU's
+    assert fer.last_conv_layer(normalised) is normalised.features[21]  # conv 21 -> MaxPool 22 -> BatchNorm 23
+    conv_bn_relu = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU())
+    assert fer.last_conv_layer(conv_bn_relu) is conv_bn_relu[2]  # conv -> BatchNorm -> ReLU
     no_relu = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Conv2d(2, 2, 3), nn.Flatten(), nn.LazyLinear(7))
     assert fer.last_conv_layer(no_relu) is no_relu[1]
 
