@@ -305,7 +305,7 @@ def training_subset(data, fraction, seed):
 
 def source_fingerprint(source):
     """Changes whenever a file under `source` is added, removed, resized or touched."""
-    source = source.resolve()  # the same key for ../shared/data and /work/shared/data
+    source = source.resolve()  # the same key for a relative and an absolute path to one folder
     digest = hashlib.sha1(str(source).encode())
     if source.is_file():
         paths = [str(source)] + [str(p) for p in [source.with_name(FERPLUS_CSV)] if p.is_file()]

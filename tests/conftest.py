@@ -75,6 +75,6 @@ def training_config(**overrides):
     config = dict(arch="baseline", width=8, epochs=2, batch_size=16, optimizer="adamw", lr=1e-3,
                   weight_decay=0.0, schedule="cosine", warmup=0.1, plateau_patience=5, early_stop=0,
                   label_smoothing=0.0, ema=0.0, jitter=0.0, flip=True, rotate=10.0, zoom=0.1, translate=0.1,
-                  amp=False, seed=0, device="cpu")
+                  amp=False, seed=0, device="cpu", train_fraction=1.0, labels="fer2013")
     config.update(overrides)
     return config
