@@ -32,6 +32,7 @@ help:  ## list the targets and their variables
 	@echo "variables (make baseline EPOCHS=5):"
 	@echo "  FER_DATA=$(FER_DATA)   dataset folder (Kaggle layout) or fer2013.csv"
 	@echo "  ARCHIVE=file           for make data: a downloaded archive.zip, fer2013.zip, fer2013.csv or .tar.gz"
+	@echo "  FERPLUS=file           for make data offline: FERPlus's fer2013new.csv (the FER+ crowd votes)"
 	@echo "  ARCH=$(ARCH)       for feature-extract/finetune: mobilenet_v2, resnet18 or vgg16"
 	@echo "  FER_WEIGHTS=dir        for feature-extract/finetune: a folder with <ARCH>_imagenet_features.pth (offline)"
 	@echo "  EPOCHS=n               training epochs (default: the script's recipe)"
