@@ -68,16 +68,16 @@ def plot_confusion(counts, title, path):
     plt.close(figure)
 
 
-def view_report(labels, probabilities, unseen, votes=None):
-    """Everything reported for one set of test-time views, from the class probabilities; with FER+ `votes`,
+def view_report(labels, probabilities, unseen, ferplus=None):
+    """Everything reported for one set of test-time views, from the class probabilities; with `ferplus`,
     also how often the prediction is the crowd's majority emotion (over the images that have one)."""
     predictions = probabilities.argmax(1)
     report = classification_report(labels, predictions)
     confusion = torch.tensor(report["confusion"])
     report.update(confusion_row_normalised=(confusion / confusion.sum(1, keepdim=True).clamp(min=1)).tolist(),
                   accuracy_without_train_duplicates=(predictions[unseen] == labels[unseen]).float().mean().item())
-    if votes is not None:
-        _, majority, has_label = fer.ferplus_labels(votes)
+    if ferplus is not None:
+        majority, has_label = ferplus
         ferplus = classification_report(majority[has_label], predictions[has_label])
         report.update(ferplus_accuracy=ferplus["accuracy"], ferplus_macro_f1=ferplus["macro_f1"],
                       ferplus_recall={name: row["recall"] for name, row in ferplus["per_class"].items()})
@@ -124,11 +124,12 @@ def main():
     if not args.single_view:
         chosen.update(flip=per_view[[0, len(per_view) // 2]], ten=per_view)
     votes = data[args.split].get("votes")
-    views = {name: view_report(labels, probabilities.mean(0), unseen, votes) for name, probabilities in chosen.items()}
+    ferplus = fer.ferplus_labels(votes)[1:] if votes is not None else None  # (majority emotion, has_label)
+    views = {name: view_report(labels, probabilities.mean(0), unseen, ferplus) for name, probabilities in chosen.items()}
     report = dict(views["single"], split=SPLIT_NAMES[args.split], images=len(labels), runs=args.run,
                   images_without_train_duplicate=int(unseen.sum()), test_time_views=views)
     if votes is not None:
-        report["ferplus_images"] = int(fer.ferplus_labels(votes)[2].sum())
+        report["ferplus_images"] = int(ferplus[1].sum())
     for name, key in (("flip", "flip_tta"), ("ten", "ten_view_tta")):
         if name in views:
             report.update({f"accuracy_{key}": views[name]["accuracy"], f"macro_f1_{key}": views[name]["macro_f1"]})

@@ -102,10 +102,10 @@ def main():
 
     # The reference is the function evaluate.py and predict.py use, in float32.
     expected = fer.predict_probabilities(model, images, torch.device("cpu"))
-    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    runtime = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     inputs = fer.as_model_input(images).numpy()
-    as_batch = torch.from_numpy(session.run(None, {"images": inputs})[0])
-    one_by_one = torch.cat([torch.from_numpy(session.run(None, {"images": inputs[i:i + 1]})[0])
+    as_batch = torch.from_numpy(runtime.run(None, {"images": inputs})[0])
+    one_by_one = torch.cat([torch.from_numpy(runtime.run(None, {"images": inputs[i:i + 1]})[0])
                             for i in range(len(inputs))])
     difference = max((as_batch - expected).abs().max().item(), (one_by_one - expected).abs().max().item())
     agree = (as_batch.argmax(1) == expected.argmax(1)).sum().item()

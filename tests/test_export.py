@@ -36,8 +36,8 @@ def write_run(folder, config):
 
 
 def onnx_probabilities(onnxruntime, path, images):
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return torch.from_numpy(session.run(None, {"images": fer.as_model_input(images).numpy()})[0])
+    runtime = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(runtime.run(None, {"images": fer.as_model_input(images).numpy()})[0])
 
 
 def test_the_onnx_file_matches_pytorch_on_privatetest_at_batch_1_and_5(tmp_path, onnxruntime):
