@@ -138,10 +138,10 @@ $(PREDICT_VENV): $(VENV) requirements-predict.txt
 	touch $@
 
 # predict (and gradcam, export) use the released model (runs/release) unless RUN is named on the command
-# line or in the environment: make predict RUN=runs/DIR IMAGES=...
-PREDICT_RUN = $(if $(filter command line environment,$(origin RUN)),--run $(RUN))
+# line or in the environment: make predict RUN=runs/DIR IMAGES=... (predict: RUN="A B C", their ensemble)
+PREDICT_RUN = $(if $(filter command line environment,$(origin RUN)),$(foreach run,$(RUN),--run $(run)))
 
-predict: $(PREDICT_VENV)  ## emotions of the faces in IMAGES: photos, videos, folders (ARGS='--out annotated/ ...')
+predict: $(PREDICT_VENV)  ## emotions of the faces in IMAGES: photos, videos, folders (RUN="A B": an ensemble)
 	@test -n "$(IMAGES)" || { echo "name the photos, videos or folders: make predict IMAGES='a.jpg clips/'"; exit 1; }
 	$(PYTHON) predict.py $(PREDICT_RUN) $(ARGS) $(IMAGES)
 

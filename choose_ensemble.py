@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+import compare
 import fer
 
 
@@ -65,7 +66,7 @@ def main():
         data = fer.load_fer2013(args.data, seed=config["seed"])
         for run in args.runs:
             probabilities[run] = publictest_probabilities(run, data, device)
-            minutes[run] = fer.training_minutes(run)
+            minutes[run] = compare.training_minutes(run)
             accuracy = (probabilities[run].argmax(1) == data["val"]["labels"]).float().mean().item()
             print(f"{run}: PublicTest ten-view {accuracy:.2%}, trained {minutes[run]:.1f} min", flush=True)
     except fer.DataError as error:

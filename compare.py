@@ -24,6 +24,16 @@ import matplotlib.pyplot as plt
 import fer
 
 
+def training_minutes(run_dir):
+    """Wall-clock minutes a run trained: its last epoch's elapsed time, plus feature extraction if any."""
+    metrics, extraction = Path(run_dir) / "metrics.jsonl", Path(run_dir) / "feature_extraction.json"
+    rows = metrics.read_text().splitlines() if metrics.is_file() else []
+    if not rows:
+        raise fer.DataError(f"{run_dir}: no epoch in metrics.jsonl, so no training time to count")
+    seconds = json.loads(rows[-1])["elapsed_s"]
+    return (seconds + (json.loads(extraction.read_text())["seconds"] if extraction.exists() else 0.0)) / 60
+
+
 def describe_weights(config):
     if config["arch"] in ("baseline", "vggnet"):
         return "random (trained from scratch)"
@@ -46,7 +56,7 @@ def summarise(run_dir):
         "accuracy_unseen": report["accuracy_without_train_duplicates"],
         "macro_f1": report["macro_f1"], "best_val": max(row["val_acc"] for row in history), "trainable": fer.count_parameters(fer.build_model(config), trainable_only=True),
         "epochs": len(history), "images_per_s": sum(row["images_per_s"] for row in history) / len(history),
-        "minutes": fer.training_minutes(run_dir),
+        "minutes": training_minutes(run_dir),
         "unfreeze": config.get("unfreeze"), "blocks": fer.BLOCKS.get(config["arch"]), "train_fraction": config["train_fraction"]}
 
 

@@ -2,8 +2,9 @@
 fer.py: facial emotion recognition on FER-2013 in plain PyTorch.
 
 Everything the scripts share lives here, in the order a reader needs it: data -> augmentation ->
-models -> training loop -> evaluation -> Grad-CAM -> run folders. The scripts (train_baseline.py,
-evaluate.py, ...) parse arguments, call in, and write what only they need.
+models -> training loop -> evaluation -> run folders. The scripts (train_baseline.py, evaluate.py, ...)
+parse arguments, call in, and write what only they need; the training command line is train_baseline.py's,
+which train_transfer.py shares.
 """
 import atexit
 import copy
@@ -14,7 +15,6 @@ import math
 import os
 import pickle
 import pickletools
-import subprocess
 import sys
 import time
 import warnings
@@ -58,12 +58,11 @@ HOW_TO_GET_DATA = (
 
 
 def prepare_face(image):
-    """A PIL image of a face -> uint8 tensor [48, 48]: grayscale, centre square crop, resize.
-
-    The one preprocessing path for training data and for new photos alike."""
+    """A PIL image of a face -> uint8 tensor [48, 48]: gray, centre square crop, resize. The one
+    preprocessing path for training data and for new photos alike."""
     from PIL import Image
 
-    image = to_8bit_gray(image)
+    image = image.convert("L")
     width, height = image.size
     side = min(width, height)
     if width != height:
@@ -74,48 +73,17 @@ def prepare_face(image):
     return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
 
 
-def to_8bit_gray(image):
-    """A PIL image of any mode -> 8-bit gray (mode "L"), scaling 16-bit and float gray instead of clipping it.
-
-    Pillow's convert("L") clips 16-bit gray (a 16-bit PNG, TIFF or PGM: 0..65535) at 255, which turns
-    everything but the darkest 0.4% of the range white."""
-    from PIL import Image
-
-    if image.mode not in ("I", "F") and not image.mode.startswith("I;16"):
-        return image.convert("L")
-    pixels = np.nan_to_num(np.asarray(image, dtype=np.float64))
-    # Integers ("I;16", and "I", as Pillow holds a 16-bit PGM) are 16-bit. Floats carry no range of
-    # their own: 0..1 if every value fits, else 0..255 if every value fits, else 16-bit.
-    full_scale = 65535.0
-    if image.mode == "F" and pixels.max(initial=0) <= 255:
-        full_scale = 1.0 if pixels.max(initial=0) <= 1 else 255.0
-    return Image.fromarray(np.clip(np.rint(pixels * (255 / full_scale)), 0, 255).astype(np.uint8))
-
-
-def open_image(path):
-    """The picture in the file `path`, decoded (a PIL image); DataError if Pillow cannot read it as one."""
+def read_image(path):
+    """A dataset's image file -> uint8 tensor [48, 48], prepared like every face (prepare_face)."""
     from PIL import Image
 
     try:
-        with warnings.catch_warnings():
-            # Pillow warns above 89 million pixels and refuses above 179 million: a 388 KB PNG can hold
-            # 20000x20000 pixels (a "decompression bomb"). For a photo of a face, both are errors.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                image.load()  # Image.open reads only the header: decode now, where errors are caught
-            return image
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise DataError(f"{path}: image of more than {Image.MAX_IMAGE_PIXELS:,} pixels, too many to decode "
-                        f"safely (a decompression bomb?); expected a photo of a face") from None
-    # A damaged file is an OSError (UnidentifiedImageError, "image file is truncated", ...); a few kinds
-    # of damage are a ValueError (a BMP's palette size), SyntaxError or EOFError in Pillow's decoders.
-    except (OSError, ValueError, SyntaxError, EOFError) as error:
+        with Image.open(path) as image:
+            return prepare_face(image)
+    # Damage is an OSError (UnidentifiedImageError, "image file is truncated", ...), or in a few of Pillow's
+    # decoders a ValueError, SyntaxError or EOFError; a damaged header may claim billions of pixels.
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
         raise DataError(f"{path}: cannot decode this file as an image ({error})") from None
-
-
-def read_image(path):
-    """An image file -> uint8 tensor [48, 48], prepared like every face (prepare_face)."""
-    return prepare_face(open_image(path))
 
 
 def list_image_folders(root):
@@ -319,12 +287,10 @@ def source_fingerprint(source):
 
 
 def load_fer2013(root=DEFAULT_DATA, val_fraction=0.1, seed=0, cache_dir=None):
-    """FER-2013 as {"train"|"val"|"test": {"images": uint8 [N, 48, 48], "labels": int64 [N]}}, and
-    "votes" (float [N, 10], FER+ crowd votes; NaN where an image has none) when the votes are beside the data.
-
-    `root` is a Kaggle-layout folder, a fer2013.csv, or a folder holding fer2013.csv.
-    Decoding 35,887 JPEGs takes a while, so the tensors are cached on disk, keyed by a
-    fingerprint of the source files: a second load is a single torch.load."""
+    """FER-2013 as {"train"|"val"|"test": {"images": uint8 [N, 48, 48], "labels": int64 [N]}}, and "votes"
+    (float [N, 10], FER+ crowd votes; NaN where an image has none) when the votes are beside the data.
+    `root` is a Kaggle-layout folder, a fer2013.csv, or a folder holding fer2013.csv. Decoding 35,887 JPEGs
+    takes a while, so the tensors are cached, keyed by a fingerprint of the files: then a load is one torch.load."""
     root = Path(root)
     if root.is_dir() and not (root / "train").exists() and (root / "fer2013.csv").is_file():
         root = root / "fer2013.csv"
@@ -341,34 +307,20 @@ def load_fer2013(root=DEFAULT_DATA, val_fraction=0.1, seed=0, cache_dir=None):
     return splits
 
 
-def pixel_hashes(images):
-    return [hashlib.sha1(image.numpy().tobytes()).hexdigest() for image in images]
-
-
-def not_in_train_mask(images, train_images):
-    """True for each image with no pixel-identical copy in the training split (FER-2013 has ~8%)."""
-    train_hashes = set(pixel_hashes(train_images))
-    return torch.tensor([h not in train_hashes for h in pixel_hashes(images)], dtype=torch.bool)
-
-
 # -----------------------------------------------------------------------------
 # Augmentation: whole batches of tensors, on the batch's device
 
 
 def per_image_uniform(images, low, high, generator=None):
-    """One random number in [low, high) for each image of a batch [B, C, H, W], shaped [B, 1, 1] to
-    broadcast over its pixel grid [B, H, W]. Drawn on the CPU from `generator` (or torch's global
-    one) and then moved to the images' device, so a seed gives the same augmentation on any device."""
+    """One random number in [low, high) per image of a batch [B, C, H, W], shaped [B, 1, 1] for its pixel grid.
+    Drawn on the CPU (from `generator` or torch's global one), so a seed augments alike on any device."""
     return (low + torch.rand(images.shape[0], generator=generator) * (high - low)).to(images.device)[:, None, None]
 
 
 def augment_batch(images, flip=True, rotate_degrees=10.0, zoom=0.1, translate=0.1, generator=None):
-    """Random flip, rotation, zoom and shift of float images [B, C, H, W].
-
-    The random numbers come from per_image_uniform (the same for a seed on any device). The four
-    transforms are one bilinear grid_sample: for each output pixel, the point of the input it
-    shows. "border" padding repeats the edge pixels, like the original project's Keras
-    ImageDataGenerator(fill_mode="nearest")."""
+    """Random flip, rotation, zoom and shift of float images [B, C, H, W], as one bilinear grid_sample: for
+    each output pixel, the point of the input it shows. "border" padding repeats the edge pixels, like the
+    original project's Keras ImageDataGenerator(fill_mode="nearest")."""
     height, width = images.shape[-2], images.shape[-1]
 
     def uniform():
@@ -431,13 +383,11 @@ class BaselineCNN(nn.Module):
 class VGGNet(nn.Module):
     """A network designed for 48x48 faces: Khaireddin & Chen's VGGNet for FER-2013 (2021), narrowed.
 
-    Four stages of 3x3 conv -> BatchNorm -> ReLU, one conv in the first stage and two in the others, each
-    stage pooled 2x2 (48 -> 24 -> 12 -> 6 -> 3), widths w, 2w, 4w, 8w; then global average pooling ->
-    Dropout -> FC(7). The paper's network is 64..512 wide with two 4096-wide FC layers (30 M parameters);
-    at width 32 with a pooling head this one has 1.17 M. Two changes make it faster at the same accuracy:
-    one conv instead of two on the largest maps (23% faster), and each stage's last conv pooled before its
-    BatchNorm and ReLU (airbench's order), so they work on a quarter of the pixels (10% faster). Max-pooling
-    commutes with ReLU and with a BatchNorm of positive scale, so the function is nearly the same."""
+    Four stages of 3x3 conv -> BatchNorm -> ReLU (one conv in the first stage, two in the others), each pooled
+    2x2 (48 -> 24 -> 12 -> 6 -> 3), widths w, 2w, 4w, 8w; then global average pooling -> Dropout -> FC(7).
+    The paper's is 64..512 wide with two 4096-wide FC layers (30 M parameters); this one has 1.17 M. Faster at
+    the same accuracy: one conv, not two, on the largest maps (23%), and each stage's last conv pooled before
+    its BatchNorm and ReLU (airbench's order; 10%), which commute with max-pooling at a positive BN scale."""
 
     def __init__(self, num_classes=len(EMOTIONS), width=32, dropout=0.3):
         super().__init__()
@@ -486,9 +436,8 @@ class TransferNet(nn.Module):
         self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(feature_size, len(EMOTIONS)))
         self.frozen_blocks = []
         if feature_block:
-            # Mid-level features: the map after the first `feature_block` blocks, with its layout kept
-            # (a face's mouth and eyes are in known places), into a small head: a 1x1 conv down to
-            # 128 channels, then one linear layer over every position.
+            # Mid-level features: the map after `feature_block` blocks, its layout kept (mouth and eyes are in
+            # known places), into a small head: a 1x1 conv to 128 channels, one linear layer over all positions.
             self.backbone.eval()  # measuring the map's shape must not touch BatchNorm statistics
             with torch.no_grad():
                 rgb_or_gray = first_conv(self.backbone)[1].in_channels
@@ -559,12 +508,9 @@ def first_conv(module):
 
 
 def convert_to_grayscale(model):
-    """Replace the RGB first conv by a 1-channel conv with the sum of the RGB filters.
-
-    A gray image shown to an RGB network has R = G = B, so the RGB conv computes
-    (W_red + W_green + W_blue) * gray: one conv with the summed filters (3x their mean)
-    gives the same activations for a third of the cost, so everything after it, frozen
-    BatchNorm statistics included, sees what it saw in ImageNet training."""
+    """Replace the RGB first conv by a 1-channel conv with the sum of the RGB filters. A gray image has
+    R = G = B, so the RGB conv computes (W_red + W_green + W_blue) * gray: the summed filters give the same
+    activations for a third of the cost, and all after them (frozen BatchNorm statistics too) sees the same."""
     name, conv = first_conv(model.backbone)
     gray = nn.Conv2d(1, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None)
     with torch.no_grad():
@@ -576,9 +522,8 @@ def convert_to_grayscale(model):
 
 
 def load_backbone_weights(model, state_dict, source):
-    """Load a torchvision state dict into the backbone: the original classifier is ignored,
-    every other tensor must match (strict), so a wrong file fails loudly instead of silently
-    leaving random weights."""
+    """Load a torchvision state dict into the backbone: its classifier is ignored, every other tensor must
+    match, so that a wrong file fails loudly instead of silently leaving random weights."""
     head = HEAD_ATTRIBUTE[model.arch] + "."
     state_dict = {key: value for key, value in state_dict.items() if not key.startswith(head)}
     missing, unexpected = model.backbone.load_state_dict(state_dict, strict=False)
@@ -678,12 +623,9 @@ def sum_across_ranks(numbers, device):
 
 
 def learning_rate(config, step, total_steps, plateau_factor):
-    """Learning rate at optimiser step `step`.
-
-    "cosine": linear warm-up over the first `warmup` fraction of the steps, then cosine
-    decay to zero (a one-cycle schedule: short runs converge much further than at a
-    constant rate). "plateau": the base rate times a factor that halves whenever the
-    validation accuracy stalls (the original project's ReduceLROnPlateau)."""
+    """Learning rate at optimiser step `step`. "cosine": linear warm-up over the first `warmup` fraction of
+    the steps, then cosine decay to zero (short runs converge much further than at a constant rate).
+    "plateau": the base rate times a factor halved when validation stalls (the original's ReduceLROnPlateau)."""
     if config["schedule"] == "plateau":
         return config["lr"] * plateau_factor
     warmup_steps = max(1, round(config["warmup"] * total_steps))
@@ -694,11 +636,9 @@ def learning_rate(config, step, total_steps, plateau_factor):
 
 
 def make_optimizer(model, config):
-    """AdamW or SGD over the trainable parameters. A pretrained backbone learns at
-    `backbone_lr_scale` times the head's rate: fine-tuning adapts its features without
-    wrecking them while the new head is still random. With `layer_decay` d instead, block k
-    from the top learns at d**k times the head's rate (layer-wise decay): the low-level
-    filters, the most generic, move least."""
+    """AdamW or SGD over the trainable parameters. A pretrained backbone learns at `backbone_lr_scale` times
+    the head's rate, so that the new, random head does not wreck its features; with `layer_decay` d instead,
+    block k from the top learns at d**k times the head's rate: the most generic, low-level filters move least."""
     trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     backbone = [p for name, p in trainable if name.startswith("backbone.")]
     groups = [{"params": [p for name, p in trainable if not name.startswith("backbone.")], "lr_scale": 1.0}]
@@ -786,17 +726,10 @@ def train_one_epoch(model, optimizer, loss_function, images, labels, config, epo
     return loss_sum.item(), correct.item(), seen, seen / (time.perf_counter() - start)
 
 
-def format_seconds(seconds):
-    minutes, seconds = divmod(int(seconds), 60)
-    return f"{minutes}m{seconds:02d}s"
-
-
 def train(model, data, config, run_dir):
-    """Train `model` on data["train"], select on data["val"]; write everything into `run_dir`.
-
-    Resumable: if `run_dir` holds last.pt, training continues from it. Each epoch reseeds
-    torch from (seed, epoch), so the shuffle, augmentation and dropout of epoch k are the
-    same whether or not the run was interrupted before it."""
+    """Train `model` on data["train"], select on data["val"]; write everything into `run_dir`. If it holds
+    last.pt, training continues from there: each epoch reseeds torch from (seed, epoch), so the shuffle,
+    augmentation and dropout of epoch k are the same whether or not the run was interrupted before it."""
     device = torch.device(config["device"])
     rank, world_size = rank_and_world_size()
     # channels_last (NHWC): the layout the fastest oneDNN and cuDNN convolution kernels take (bench.py times both).
@@ -871,11 +804,12 @@ def train(model, data, config, run_dir):
                                  **({"ema": ema.state_dict()} if ema else {})}, run_dir / "last.pt")
                 write_metrics(progress["history"], run_dir)
             seconds_per_epoch = (elapsed - elapsed_before) / (epoch - first_epoch + 1)
-            eta = seconds_per_epoch * (config["epochs"] - epoch)
+            clock, eta = (time.strftime("%H:%M:%S", time.gmtime(seconds))
+                          for seconds in (elapsed, seconds_per_epoch * (config["epochs"] - epoch)))
             print(f"epoch {epoch:3d}/{config['epochs']}  train loss {train_loss:.3f} acc {train_acc:6.2%}  "
                   f"val loss {val_loss:.3f} acc {val_acc:6.2%}{' *' if improved else '  '}  "
                   f"lr {optimizer.param_groups[0]['lr']:.2e}  {images_per_s:4.0f} img/s  "
-                  f"elapsed {format_seconds(elapsed)}  eta {format_seconds(eta)}", flush=True)
+                  f"elapsed {clock}  eta {eta}", flush=True)
             if config["early_stop"] and progress["epochs_since_best"] >= config["early_stop"]:
                 print(f"early stop: no validation improvement for {config['early_stop']} epochs")
                 break
@@ -901,12 +835,10 @@ TTA_SHIFT = 2
 
 
 def test_time_views(batch, tta):
-    """The views of float images [B, 1, H, W] whose predictions are averaged.
-
-    False: the image alone. "flip" (or True): the image and its mirror image (faces are near
-    symmetric). "ten": the image shifted by 0 or TTA_SHIFT pixels in each of four directions,
-    each shift also mirrored. Shifts rather than FER papers' ten 40x40 crops, because our
-    networks take the whole 48x48 face; the edge pixels are repeated into the gap, as in training."""
+    """The views of float images [B, 1, H, W] whose predictions are averaged. False: the image alone. "flip"
+    (or True): the image and its mirror image. "ten": the image shifted by 0 or TTA_SHIFT pixels in each of four
+    directions, each also mirrored; shifts rather than FER papers' ten 40x40 crops, as our networks take the
+    whole 48x48 face. The edge pixels are repeated into the gap, as in training."""
     if not tta:
         return [batch]
     views = [batch]
@@ -937,11 +869,6 @@ def predict_probabilities(model, images, device, amp=False, tta=False, batch_siz
     return view_probabilities(model, images, device, amp, tta, batch_size).mean(0)
 
 
-def ensemble_probabilities(models, images, device, tta=False):
-    """An ensemble's class probabilities for each view [V, N, 7]: the mean of its members' (any architectures)."""
-    return torch.stack([view_probabilities(model, images, device, tta=tta) for model in models]).mean(0)
-
-
 def evaluate(model, images, labels, device, amp=False, tta=False):
     probabilities = predict_probabilities(model, images, device, amp, tta)
     return {"loss": F.nll_loss(probabilities.clamp(min=1e-12).log(), labels).item(),
@@ -950,139 +877,8 @@ def evaluate(model, images, labels, device, amp=False, tta=False):
 
 
 # -----------------------------------------------------------------------------
-# Grad-CAM: where in the image the evidence for a class was found (Selvaraju et al., 2017)
-
-
-def last_conv_layer(model):
-    """The default target, found the same way in any network: the last nn.Conv2d in module order
-    (its maps are the most class-specific ones that still have a layout), taken after the ReLU that
-    directly follows it (after a BatchNorm, if any) when there is one. A max-pool in between (VGGNet
-    pools before its last BatchNorm) keeps the conv itself: its 6x6 map, not the pooled 3x3.
-
-    Rectified maps, as in the Grad-CAM paper: the ReLU zeroes a negative pre-activation, so it cannot
-    lower a score, yet it would pull the map down (39% of the baseline's maps of the conv itself came
-    out all zero, none of its ReLU's)."""
-    modules = list(model.modules())
-    positions = [i for i, module in enumerate(modules) if isinstance(module, nn.Conv2d)]
-    if not positions:
-        raise ValueError(f"{type(model).__name__} has no nn.Conv2d; name a target layer")
-    for following in modules[positions[-1] + 1:positions[-1] + 3]:
-        if isinstance(following, (nn.ReLU, nn.ReLU6)):
-            return following
-        if not isinstance(following, nn.BatchNorm2d):
-            break
-    return modules[positions[-1]]
-
-
-def grad_cam(model, images, classes=None, layer=None):
-    """Grad-CAM maps [B, H, W] in [0, 1] for float images [B, C, H, W]: where the output of `layer`
-    (default: last_conv_layer) raised the score of `classes` (default: each image's predicted class).
-
-    Each channel is weighted by the spatial mean of the class score's gradient; the map is the ReLU
-    of the weighted sum of channels, upsampled (bilinear) to the image size, divided by its maximum."""
-    model.eval()  # no dropout: explain the prediction the model really makes
-    layer = layer or last_conv_layer(model)
-    outputs = []
-
-    def keep_output(module, inputs, output):
-        outputs.append(output)
-        # Hand the rest of the network a copy: an in-place ReLU after the layer (as after every conv
-        # of BaselineCNN) would otherwise overwrite the kept tensor, and the map of a conv would
-        # silently become the map of its ReLU.
-        return output.clone()
-
-    # The input requires grad so the activations do too, also in a model with frozen layers.
-    images = images.detach().requires_grad_(True)
-    handle = layer.register_forward_hook(keep_output)
-    try:
-        with torch.enable_grad():
-            logits = model(images)
-    finally:
-        handle.remove()  # never leave a hook behind, even when the forward pass raises
-    if len(outputs) != 1:
-        raise ValueError(f"the target layer ran {len(outputs)} times in one forward pass; expected once")
-    activations = outputs[0]
-    classes = logits.argmax(1) if classes is None else torch.as_tensor(classes, device=logits.device)
-    # In eval mode images do not interact, so the gradient of the summed scores is each image's own.
-    # autograd.grad rather than a backward hook: it stops at the layer, leaves the parameters' .grad
-    # alone, and works with in-place ops (a full backward hook raises on the in-place ReLU).
-    score = logits.gather(1, classes.view(-1, 1)).sum()
-    [gradients] = torch.autograd.grad(score, activations)
-    weights = gradients.mean((2, 3), keepdim=True)
-    cams = F.relu((weights * activations).sum(1, keepdim=True)).detach()
-    cams = F.interpolate(cams, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-    return cams / cams.amax((1, 2), keepdim=True).clamp(min=1e-12)
-
-
-# -----------------------------------------------------------------------------
-# Run folders: the settings (command line -> config.json), runs/<timestamp>-<name>/ with config.json,
-# metrics.jsonl, curves.png, best.pt and last.pt, and the model rebuilt from them
-
-
-# The original project's augmentation (Keras ImageDataGenerator: flip, 10 degrees, 10% zoom and shift) and
-# its plateau patience: every recipe keeps them, so they have no flags; config.json records them.
-FIXED_SETTINGS = dict(flip=True, rotate=10.0, zoom=0.1, translate=0.1, plateau_patience=5)
-
-
-def add_training_arguments(parser, **recipe):
-    """The data, recipe and run options of train_baseline.py and train_transfer.py. `recipe` sets each
-    script's defaults (epochs=..., lr=...), and also settings without a flag (warmup=...)."""
-    add = parser.add_argument
-    add("--data", default=DEFAULT_DATA, help="Kaggle-layout folder or fer2013.csv (default: $FER_DATA or %(default)s)")
-    add("--name", help="run folder suffix (default: the architecture)")
-    add("--epochs", type=int, help="training epochs (default: %(default)s)")
-    add("--batch-size", type=int, help="images per step, over all processes under torchrun (default: %(default)s)")
-    add("--lr", type=float, help="peak learning rate (default: %(default)s)")
-    add("--weight-decay", type=float, help="(default: %(default)s)")
-    add("--label-smoothing", type=float, help="(default: %(default)s)")
-    add("--ema", type=float, default=0.0, help="select and save an exponential moving average of the weights "
-        "with this decay per step, e.g. 0.999; 0 = off (default: %(default)s)")
-    add("--labels", choices=["fer2013", "ferplus"], default="fer2013", help="fer2013: the dataset's own labels; "
-        "ferplus: the FER+ crowd's vote distributions, selected on FER+ majority accuracy (default: %(default)s)")
-    add("--seed", type=int, default=0, help="(default: %(default)s)")
-    add("--train-fraction", type=float, default=1.0, help="train on this stratified fraction of the training "
-        "images, e.g. 0.1 (default: %(default)s)")
-    add("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    add("--amp", choices=["auto", "on", "off"], default="auto", help="bfloat16 autocast; auto = on where bf16 is "
-        "native: GPUs from Ampere on, CPUs with AVX-512 BF16 or AMX (default: %(default)s)")
-    add("--resume", metavar="RUN", help="continue the interrupted run in folder RUN with its own settings")
-    add("--run-dir", metavar="DIR", help="write the run into this new folder (default: runs/<timestamp>-<name>)")
-    parser.set_defaults(**FIXED_SETTINGS, **recipe)
-
-
-def resolve_config(args, arch):
-    """(config, run folder to resume or None): with --resume, the interrupted run's own config;
-    otherwise the argparse namespace as a dict, with automatic choices made explicit."""
-    if args.resume:
-        config_file = Path(args.resume) / "config.json"
-        if not config_file.is_file():
-            raise DataError(f"{config_file}: not found; --resume expects a run folder written by train_*.py")
-        # Without last.pt, train() would start at epoch 1 and overwrite best.pt: a released model has
-        # only best.pt, and so has a copy of it.
-        if not (Path(args.resume) / "last.pt").is_file():
-            what = "a finished model (best.pt)" if (Path(args.resume) / "best.pt").is_file() else "no finished epoch"
-            raise DataError(f"{args.resume}: nothing to resume: it holds {what} and no training state (last.pt); "
-                            f"train a new run instead")
-        if args.run_dir:
-            raise DataError(f"--resume continues {args.resume} in its own folder; leave out --run-dir {args.run_dir}")
-        try:
-            config = json.loads(config_file.read_text())
-            config["device"] = str(pick_device(args.device))  # this process's device, not the one that started it
-        except (ValueError, TypeError) as error:  # damaged, or not a JSON object
-            raise DataError(f"{config_file}: not the JSON settings train_*.py writes ({error})") from None
-        if config["amp"] and not native_bf16(torch.device(config["device"])):
-            print(f"warning: {args.resume} trains in bfloat16, which {config['device']} here only emulates: "
-                  "expect it to run many times slower than where it started")
-        return config, Path(args.resume)
-    if args.batch_size % rank_and_world_size()[1]:
-        raise DataError(f"--batch-size {args.batch_size} (the global batch) must divide among "
-                        f"{rank_and_world_size()[1]} processes")
-    config = dict(vars(args), arch=arch)
-    device = pick_device(args.device)
-    config.update(device=str(device), name=args.name or arch, data=str(args.data), processes=rank_and_world_size()[1],
-                  amp={"on": True, "off": False, "auto": native_bf16(device)}[args.amp])
-    del config["resume"]
-    return config, None
+# Run folders: runs/<timestamp>-<name>/ holds config.json (written by train_baseline.py), metrics.jsonl,
+# curves.png, best.pt and last.pt; a model is rebuilt from them alone
 
 
 def save_atomically(obj, path):
@@ -1090,53 +886,6 @@ def save_atomically(obj, path):
     temporary = Path(path).with_suffix(f".tmp{os.getpid()}")  # two processes may write the same file
     torch.save(obj, temporary)
     os.replace(temporary, path)
-
-
-def git_commit():
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_DIR, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
-def make_new_dir(path):
-    """Create `path`; False if it already exists (mkdir is atomic: of two racing processes one wins)."""
-    try:
-        path.mkdir()
-        return True
-    except FileExistsError:
-        return False
-
-
-def make_run_dir(config, runs_dir="runs"):
-    """Create runs/<timestamp>-<name>/, or exactly the new folder --run-dir names, and write its
-    config.json (every resolved setting)."""
-    config.update(torch_version=str(torch.__version__), git_commit=git_commit())
-    requested = config["run_dir"]  # --run-dir
-    if rank_and_world_size()[0] == 0:
-        if requested:  # whoever chose the folder (the Makefile) then evaluates exactly this run
-            run_dir = Path(requested)
-            run_dir.parent.mkdir(parents=True, exist_ok=True)
-            config["run_dir"] = str(run_dir) if make_new_dir(run_dir) else None
-        else:
-            stem = Path(runs_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}-{config['name']}"
-            Path(runs_dir).mkdir(parents=True, exist_ok=True)
-            run_dir, attempt = stem, 1
-            while not make_new_dir(run_dir):  # two runs of the same name started in the same second: -2, -3, ...
-                attempt += 1
-                run_dir = stem.with_name(f"{stem.name}-{attempt}")
-            config["run_dir"] = str(run_dir)
-        if config["run_dir"]:
-            (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    if dist.is_initialized():  # the other processes take rank 0's folder name (their clocks may differ)
-        shared = [config["run_dir"]]  # rank 0's; None if its --run-dir already existed
-        dist.broadcast_object_list(shared, src=0)
-        config["run_dir"] = shared[0]
-    if config["run_dir"] is None:  # every process stops, not rank 0 alone
-        raise DataError(f"{requested}: already exists; --run-dir expects a new folder "
-                        f"(to continue the run in it: --resume {requested})")
-    return Path(config["run_dir"])
 
 
 def pickle_is_whole(path):
@@ -1156,11 +905,9 @@ def pickle_is_whole(path):
 
 
 def load_checkpoint(path, device, keys=("model", "config")):
-    """The dict that train() saved in `path` (best.pt or last.pt), checked to hold `keys`.
-
-    Every way a file can fail to be one is a DataError naming it. weights_only=True unpickles
-    tensors, numbers, strings and containers only: a .pt file is a pickle, and one from elsewhere
-    may run code when loaded; this refuses it instead."""
+    """The dict that train() saved in `path` (best.pt or last.pt), checked to hold `keys`; any other file is
+    a DataError naming it. weights_only=True unpickles tensors, numbers, strings and containers only: a .pt
+    file is a pickle, and one from elsewhere could run code when loaded."""
     path = Path(path)
     if not path.is_file():
         if path.parent.resolve() == Path(RELEASED_RUN).resolve():  # predict.py, gradcam.py, export.py default to it
@@ -1217,16 +964,6 @@ def load_run(run_dir, device, checkpoint="best.pt"):
 def write_metrics(history, run_dir):
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in history))
     plot_curves(history, run_dir / "curves.png")
-
-
-def training_minutes(run_dir):
-    """Wall-clock minutes a run trained: its last epoch's elapsed time, plus feature extraction if any."""
-    metrics, extraction = Path(run_dir) / "metrics.jsonl", Path(run_dir) / "feature_extraction.json"
-    rows = metrics.read_text().splitlines() if metrics.is_file() else []
-    if not rows:
-        raise DataError(f"{run_dir}: no epoch in metrics.jsonl, so no training time to count")
-    seconds = json.loads(rows[-1])["elapsed_s"]
-    return (seconds + (json.loads(extraction.read_text())["seconds"] if extraction.exists() else 0.0)) / 60
 
 
 def plot_curves(history, path):

@@ -26,6 +26,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 import fer
 import predict
@@ -33,11 +35,80 @@ import predict
 PER_ROW = 4  # correct and wrong examples shown for each class
 
 
+# -----------------------------------------------------------------------------
+# Grad-CAM (Selvaraju et al., 2017): where in the image the evidence for a class was found
+
+
+def last_conv_layer(model):
+    """The default target, found the same way in any network: the last nn.Conv2d in module order
+    (its maps are the most class-specific ones that still have a layout), taken after the ReLU that
+    directly follows it (after a BatchNorm, if any) when there is one. A max-pool in between (VGGNet
+    pools before its last BatchNorm) keeps the conv itself: its 6x6 map, not the pooled 3x3.
+
+    Rectified maps, as in the Grad-CAM paper: the ReLU zeroes a negative pre-activation, so it cannot
+    lower a score, yet it would pull the map down (39% of the baseline's maps of the conv itself came
+    out all zero, none of its ReLU's)."""
+    modules = list(model.modules())
+    positions = [i for i, module in enumerate(modules) if isinstance(module, nn.Conv2d)]
+    if not positions:
+        raise ValueError(f"{type(model).__name__} has no nn.Conv2d; name a target layer")
+    for following in modules[positions[-1] + 1:positions[-1] + 3]:
+        if isinstance(following, (nn.ReLU, nn.ReLU6)):
+            return following
+        if not isinstance(following, nn.BatchNorm2d):
+            break
+    return modules[positions[-1]]
+
+
+def grad_cam(model, images, classes=None, layer=None):
+    """Grad-CAM maps [B, H, W] in [0, 1] for float images [B, C, H, W]: where the output of `layer`
+    (default: last_conv_layer) raised the score of `classes` (default: each image's predicted class).
+
+    Each channel is weighted by the spatial mean of the class score's gradient; the map is the ReLU
+    of the weighted sum of channels, upsampled (bilinear) to the image size, divided by its maximum."""
+    model.eval()  # no dropout: explain the prediction the model really makes
+    layer = layer or last_conv_layer(model)
+    outputs = []
+
+    def keep_output(module, inputs, output):
+        outputs.append(output)
+        # Hand the rest of the network a copy: an in-place ReLU after the layer (as after every conv
+        # of BaselineCNN) would otherwise overwrite the kept tensor, and the map of a conv would
+        # silently become the map of its ReLU.
+        return output.clone()
+
+    # The input requires grad so the activations do too, also in a model with frozen layers.
+    images = images.detach().requires_grad_(True)
+    handle = layer.register_forward_hook(keep_output)
+    try:
+        with torch.enable_grad():
+            logits = model(images)
+    finally:
+        handle.remove()  # never leave a hook behind, even when the forward pass raises
+    if len(outputs) != 1:
+        raise ValueError(f"the target layer ran {len(outputs)} times in one forward pass; expected once")
+    activations = outputs[0]
+    classes = logits.argmax(1) if classes is None else torch.as_tensor(classes, device=logits.device)
+    # In eval mode images do not interact, so the gradient of the summed scores is each image's own.
+    # autograd.grad rather than a backward hook: it stops at the layer, leaves the parameters' .grad
+    # alone, and works with in-place ops (a full backward hook raises on the in-place ReLU).
+    score = logits.gather(1, classes.view(-1, 1)).sum()
+    [gradients] = torch.autograd.grad(score, activations)
+    weights = gradients.mean((2, 3), keepdim=True)
+    cams = F.relu((weights * activations).sum(1, keepdim=True)).detach()
+    cams = F.interpolate(cams, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    return cams / cams.amax((1, 2), keepdim=True).clamp(min=1e-12)
+
+
+# -----------------------------------------------------------------------------
+# The script: a run's PrivateTest maps, or the faces of one picture
+
+
 def target_layer(model, name, run_dir):
     """(name, module) of the layer called `name`, or of the last conv when `name` is None."""
     layers = dict(model.named_modules())
     if name is None:
-        last_conv = fer.last_conv_layer(model)
+        last_conv = last_conv_layer(model)
         return next((found, module) for found, module in layers.items() if module is last_conv)
     if name not in layers:
         convolutions = [found for found, module in layers.items() if isinstance(module, torch.nn.Conv2d)]
@@ -51,7 +122,7 @@ def explain(model, images, layer, device, batch_size=256):
     cams = []
     for start in range(0, len(images), batch_size):
         batch = fer.as_model_input(images[start:start + batch_size].to(device))
-        cams.append(fer.grad_cam(model, batch, probabilities[start:start + batch_size].argmax(1), layer).cpu())
+        cams.append(grad_cam(model, batch, probabilities[start:start + batch_size].argmax(1), layer).cpu())
         print(f"\rgrad-cam: {min(start + batch_size, len(images))}/{len(images)} images", end="", flush=True)
     print()
     return probabilities, torch.cat(cams)

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 import fer
+import train_baseline
 
 # Feature extraction trains a small head on fixed features: big batches, a high rate, many cheap epochs.
 # Fine-tuning moves 2M+ pretrained weights on augmented images: each epoch costs minutes on a CPU.
@@ -62,7 +63,7 @@ def parse_config():
         "(default: 0.1 from pretrained weights, 1 from scratch)")
     add("--layer-decay", type=float, default=0.0, help="finetune: block k from the top learns at this ** k "
         "times the head's rate, instead of --backbone-lr-scale; 0 = off (default: %(default)s)")
-    fer.add_training_arguments(parser, **RECIPE)
+    train_baseline.add_training_arguments(parser, **RECIPE)
     args = parser.parse_args()
     for key, value in MODE_DEFAULTS[args.mode].items():
         if getattr(args, key) is None:
@@ -85,7 +86,7 @@ def parse_config():
     if args.backbone_lr_scale is None:  # pretrained features need only small steps; random ones need all of them
         args.backbone_lr_scale = 1.0 if args.weights == "none" else 0.1
     args.name = args.name or f"{args.arch}-{args.mode}-{'scratch' if args.weights == 'none' else 'pretrained'}"
-    return fer.resolve_config(args, arch=args.arch)
+    return train_baseline.resolve_config(args, arch=args.arch)
 
 
 def imagenet_weights(arch):
@@ -176,7 +177,7 @@ def main():
         model = fer.build_model(config, backbone_weights)
         if run_dir:  # resuming: the features must come from the run's own backbone, not a fresh one
             fer.load_state(model, fer.load_checkpoint(run_dir / "last.pt", "cpu")["model"], run_dir / "last.pt")
-        run_dir = run_dir or fer.make_run_dir(config)
+        run_dir = run_dir or train_baseline.make_run_dir(config)
         trainable, total = fer.count_parameters(model, trainable_only=True), fer.count_parameters(model)
         print(f"{run_dir}: {config['arch']} {config['mode']}, weights {config['weights_path'] or config['weights']}, "
               f"input {config['input_size']}px, {trainable:,} of {total:,} parameters train")

@@ -19,6 +19,8 @@ import torch.multiprocessing as multiprocessing
 from PIL import Image
 
 import fer
+import train_baseline
+import predict
 from conftest import PROJECT_DIR, run_script, training_config, write_kaggle_folder
 
 
@@ -166,21 +168,21 @@ def test_train_resumes_from_a_damaged_last_checkpoint_with_a_data_error(finished
 def test_a_mid_gray_16_bit_png_reads_as_mid_gray_not_white(tmp_path):
     Image.fromarray(np.full((48, 48), 128 * 257, dtype=np.uint16)).save(tmp_path / "gray16.png")
     assert Image.open(tmp_path / "gray16.png").mode == "I;16"
-    assert fer.read_image(tmp_path / "gray16.png").unique().tolist() == [128]
+    assert fer.prepare_face(predict.open_image(tmp_path / "gray16.png")).unique().tolist() == [128]
 
 
 def test_a_16_bit_pgm_which_pillow_opens_as_mode_i_is_scaled_too(tmp_path):
     ramp = np.linspace(0, 65535, 48 * 48).reshape(48, 48).astype(np.uint16)
     Image.fromarray(ramp).save(tmp_path / "ramp.pgm")
     assert Image.open(tmp_path / "ramp.pgm").mode == "I"
-    face = fer.read_image(tmp_path / "ramp.pgm")
+    face = fer.prepare_face(predict.open_image(tmp_path / "ramp.pgm"))
     assert face[0, 0] == 0 and face[-1, -1] == 255 and abs(face.float().mean().item() - 127.5) < 1
 
 
 @pytest.mark.parametrize("scale", [1.0, 255.0])
 def test_float_images_in_0_1_or_0_255_become_the_same_8_bit_gray(scale):
     image = Image.fromarray(np.full((48, 48), 0.5 * scale, dtype=np.float32))
-    assert fer.prepare_face(image).unique().tolist() == [128]
+    assert fer.prepare_face(predict.to_8bit_gray(image)).unique().tolist() == [128]
 
 
 def write_png_bomb(path, side):
@@ -208,7 +210,7 @@ def test_images_above_pillows_pixel_limit_are_a_data_error_whether_it_warns_or_r
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # the same checks as at 89 million pixels, on small images
     Image.fromarray(np.zeros((side, side), np.uint8)).save(tmp_path / "big.png")
     with pytest.raises(fer.DataError, match=r"more than 1,000 pixels, too many to decode safely \(a decompression bomb\?\)"):
-        fer.read_image(tmp_path / "big.png")
+        predict.open_image(tmp_path / "big.png")
 
 
 # -----------------------------------------------------------------------------
@@ -239,33 +241,33 @@ def test_an_unknown_class_folder_is_still_an_error(kaggle_folder):
 
 def test_run_dir_creates_exactly_that_folder_and_refuses_an_existing_one(tmp_path):
     folder = tmp_path / "runs" / "mine"
-    assert fer.make_run_dir({"name": "x", "run_dir": str(folder)}) == folder
+    assert train_baseline.make_run_dir({"name": "x", "run_dir": str(folder)}) == folder
     assert json.loads((folder / "config.json").read_text())["run_dir"] == str(folder)
     with pytest.raises(fer.DataError, match=f"{re.escape(str(folder))}: already exists; --run-dir expects a new folder"):
-        fer.make_run_dir({"name": "x", "run_dir": str(folder)})
+        train_baseline.make_run_dir({"name": "x", "run_dir": str(folder)})
 
 
 def test_resume_and_run_dir_together_are_an_error(finished_run):
     parser = argparse.ArgumentParser()
-    fer.add_training_arguments(parser, epochs=1, batch_size=8)
+    train_baseline.add_training_arguments(parser, epochs=1, batch_size=8)
     args = parser.parse_args(["--resume", str(finished_run), "--run-dir", "elsewhere"])
     with pytest.raises(fer.DataError, match="leave out --run-dir"):
-        fer.resolve_config(args, arch="baseline")
+        train_baseline.resolve_config(args, arch="baseline")
 
 
 def test_amp_auto_is_bf16_only_where_the_cpu_has_it_and_a_resumed_bf16_run_warns_elsewhere(finished_run, tmp_path,
                                                                                         monkeypatch, capsys):
     parser = argparse.ArgumentParser()
-    fer.add_training_arguments(parser, epochs=1, batch_size=8)
+    train_baseline.add_training_arguments(parser, epochs=1, batch_size=8)
     for native in (True, False):
         monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
-        config, _ = fer.resolve_config(parser.parse_args(["--device", "cpu"]), arch="baseline")
+        config, _ = train_baseline.resolve_config(parser.parse_args(["--device", "cpu"]), arch="baseline")
         assert config["amp"] is native
     # A run started in bf16 elsewhere keeps its own settings when resumed here, and says what that costs.
     run_dir = tmp_path / "started_in_bf16"
     shutil.copytree(finished_run, run_dir)
     (run_dir / "config.json").write_text(json.dumps(dict(json.loads((run_dir / "config.json").read_text()), amp=True)))
-    config, _ = fer.resolve_config(parser.parse_args(["--resume", str(run_dir), "--device", "cpu"]), arch="baseline")
+    config, _ = train_baseline.resolve_config(parser.parse_args(["--resume", str(run_dir), "--device", "cpu"]), arch="baseline")
     assert config["amp"] is True
     assert f"warning: {run_dir} trains in bfloat16, which cpu here only emulates" in capsys.readouterr().out
 
@@ -276,7 +278,7 @@ def make_run_dir_as_rank(rank, port, folder, outcomes):
     fer.init_distributed()
     for attempt in range(2):
         try:
-            outcomes.put((rank, attempt, str(fer.make_run_dir({"name": "x", "run_dir": str(folder)}))))
+            outcomes.put((rank, attempt, str(train_baseline.make_run_dir({"name": "x", "run_dir": str(folder)}))))
         except fer.DataError as error:
             outcomes.put((rank, attempt, f"DataError: {error}"))
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
+import evaluate
 import fer
 from conftest import write_fer2013_csv, write_kaggle_folder
 
@@ -94,7 +95,7 @@ def test_bad_csv_raises_one_clear_error_naming_the_path(tmp_path, content, expec
 def test_test_images_copied_from_train_are_found_by_pixel_hash():
     train = torch.randint(0, 256, (5, 48, 48), dtype=torch.uint8)
     test = torch.stack([train[2], torch.zeros(48, 48, dtype=torch.uint8), train[4]])
-    assert fer.not_in_train_mask(test, train).tolist() == [False, True, False]
+    assert evaluate.not_in_train_mask(test, train).tolist() == [False, True, False]
 
 
 def test_a_training_fraction_keeps_every_class_in_proportion_and_the_other_splits_whole():

@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 
+import evaluate
 import fer
 from conftest import run_script
 
@@ -44,7 +45,7 @@ class Constant(torch.nn.Module):
 def test_an_ensemble_averages_its_members_probabilities():
     a, b = [2.0, 0, 0, 0, 0, 0, 0], [0, 0, 0, 1.0, 0, 0, 0]
     images = torch.zeros(4, 48, 48, dtype=torch.uint8)
-    probabilities = fer.ensemble_probabilities([Constant(a), Constant(b)], images, torch.device("cpu"), tta="ten").mean(0)
+    probabilities = evaluate.ensemble_probabilities([Constant(a), Constant(b)], images, torch.device("cpu"), tta="ten").mean(0)
     # by hand: softmax of a gives e^2 / (e^2 + 6) to angry; of b, e / (e + 6) to happy
     e = torch.e
     expected = torch.tensor([e ** 2 / (e ** 2 + 6) + 1 / (e + 6), 1 / (e ** 2 + 6) + 1 / (e + 6),

@@ -59,7 +59,7 @@ def hooks_left_on(model):
 def test_the_map_lights_up_the_one_region_the_decision_depends_on():
     images = torch.rand(3, 1, 48, 48) * 0.5
     images[:, :, 30:44, 30:44] = 1.0  # the brightest spot is bottom-right, where the model never looks
-    cams = fer.grad_cam(TopLeftQuadrantModel(), images, classes=[fer.EMOTIONS.index("happy")] * 3)
+    cams = gradcam.grad_cam(TopLeftQuadrantModel(), images, classes=[fer.EMOTIONS.index("happy")] * 3)
     assert cams.shape == (3, 48, 48) and cams.min() >= 0 and torch.allclose(cams.amax((1, 2)), torch.ones(3))
     for cam in cams:
         row, column = divmod(cam.argmax().item(), 48)
@@ -85,44 +85,44 @@ def test_hooked_maps_equal_grad_cam_computed_without_hooks():
 
     # The default target: the last conv's ReLU, net[4].
     expected = grad_cam_without_hooks(F.relu(conv_output), net[5:], predicted)
-    assert torch.allclose(fer.grad_cam(net, images), expected, atol=1e-6)
+    assert torch.allclose(gradcam.grad_cam(net, images), expected, atol=1e-6)
     # The conv itself, although the in-place ReLU after it overwrites its output in the forward pass.
     expected = grad_cam_without_hooks(conv_output, lambda a: net[5:](F.relu(a)), predicted)
-    assert torch.allclose(fer.grad_cam(net, images, layer=net[3]), expected, atol=1e-6)
+    assert torch.allclose(gradcam.grad_cam(net, images, layer=net[3]), expected, atol=1e-6)
     # Another class gives other maps: the argument is really used.
     other = (predicted + 1) % 7
     expected = grad_cam_without_hooks(F.relu(conv_output), net[5:], other)
-    assert torch.allclose(fer.grad_cam(net, images, classes=other), expected, atol=1e-6)
-    assert not torch.allclose(fer.grad_cam(net, images), expected, atol=1e-3)
+    assert torch.allclose(gradcam.grad_cam(net, images, classes=other), expected, atol=1e-6)
+    assert not torch.allclose(gradcam.grad_cam(net, images), expected, atol=1e-3)
 
 
 def test_no_hook_is_left_on_the_model_even_when_the_forward_pass_raises():
     net = tiny_conv_net()
-    fer.grad_cam(net, torch.rand(2, 1, 48, 48))
+    gradcam.grad_cam(net, torch.rand(2, 1, 48, 48))
     assert hooks_left_on(net) == []
     with pytest.raises(RuntimeError):  # 40x40 images do not fit the 6*12*12 linear layer
-        fer.grad_cam(net, torch.rand(2, 1, 40, 40))
+        gradcam.grad_cam(net, torch.rand(2, 1, 40, 40))
     assert hooks_left_on(net) == []
     assert all(p.grad is None for p in net.parameters())  # and the weights' gradients are untouched
 
 
 def test_a_network_with_frozen_weights_gets_the_same_maps():
     net, images = tiny_conv_net(), torch.rand(3, 1, 48, 48)
-    trainable = fer.grad_cam(net, images)
+    trainable = gradcam.grad_cam(net, images)
     net.requires_grad_(False)  # as in a transfer model's frozen backbone
-    assert torch.equal(fer.grad_cam(net, images), trainable)
+    assert torch.equal(gradcam.grad_cam(net, images), trainable)
 
 
 def test_the_default_target_is_the_last_conv_after_its_relu():
     plain, normalised = fer.BaselineCNN(width=8), fer.VGGNet(width=8)
-    assert fer.last_conv_layer(plain) is plain.features[7]  # conv 6 -> ReLU 7
+    assert gradcam.last_conv_layer(plain) is plain.features[7]  # conv 6 -> ReLU 7
     # VGGNet pools its last conv before the BatchNorm and ReLU: the conv's own map is the target, which at
     # 6x6 is twice as fine as the pooled ReLU's
-    assert fer.last_conv_layer(normalised) is normalised.features[21]  # conv 21 -> MaxPool 22 -> BatchNorm 23
+    assert gradcam.last_conv_layer(normalised) is normalised.features[21]  # conv 21 -> MaxPool 22 -> BatchNorm 23
     conv_bn_relu = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU())
-    assert fer.last_conv_layer(conv_bn_relu) is conv_bn_relu[2]  # conv -> BatchNorm -> ReLU
+    assert gradcam.last_conv_layer(conv_bn_relu) is conv_bn_relu[2]  # conv -> BatchNorm -> ReLU
     no_relu = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Conv2d(2, 2, 3), nn.Flatten(), nn.LazyLinear(7))
-    assert fer.last_conv_layer(no_relu) is no_relu[1]
+    assert gradcam.last_conv_layer(no_relu) is no_relu[1]
 
 
 def test_gradcam_writes_grids_class_means_and_single_image_explanations(tmp_path):

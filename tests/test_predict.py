@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
+import evaluate
 import fer
 import predict
 from conftest import PROJECT_DIR, face_like, run_script, training_config
@@ -110,6 +111,25 @@ def test_no_detect_gives_the_probabilities_evaluation_gives_for_the_same_images(
     assert torch.tensor([probabilities_of(face) for face in faces]) == pytest.approx(expected, abs=1e-4)
     assert [face["emotion"] for face in faces] == [fer.EMOTIONS[i] for i in expected.argmax(1)]
     assert (expected - expected.mean(0)).abs().max() > 0.1  # they depend on the input: the comparison is not vacuous
+
+
+def test_two_runs_give_the_ensemble_probabilities_evaluate_gives(tmp_path, run_dir, capsys):
+    other = tmp_path / "other"
+    other.mkdir()
+    torch.manual_seed(1)
+    config = training_config()
+    second = fer.build_model(config)
+    second.classifier[-1].weight.data *= 50
+    torch.save({"model": second.state_dict(), "config": config}, other / "best.pt")
+    paths = write_crops(tmp_path / "crops")
+    status, faces, _ = run_predict(capsys, "--run", run_dir, "--run", other, "--no-detect", "--amp", "off", *paths)
+    images = torch.stack([fer.read_image(path) for path in paths])
+    members = [fer.load_run(run, CPU)[0] for run in (run_dir, other)]
+    expected = evaluate.ensemble_probabilities(members, images, CPU)[0]
+    alone = [fer.predict_probabilities(member, images, CPU) for member in members]
+    assert status == 0
+    assert torch.tensor([probabilities_of(face) for face in faces]) == pytest.approx(expected, abs=1e-4)
+    assert (alone[0] - alone[1]).abs().max() > 0.1  # the members differ: the average is not vacuous
 
 
 def test_bf16_autocast_gives_nearly_the_float32_probabilities(tmp_path, run_dir, capsys):
@@ -315,7 +335,7 @@ def test_an_output_that_is_also_an_input_is_refused_before_anything_is_read(tmp_
 
 
 def test_a_csv_named_like_a_picture_is_refused_before_anything_is_read(tmp_path, run_dir, capsys):
-    paths = write_crops(tmp_path / "photos", count=2)
+    write_crops(tmp_path / "photos", count=2)
     photo = tmp_path / "photos" / "holiday.jpg"
     photo.write_bytes(b"a photo the user keeps")
     status, faces, err = run_predict(capsys, "--run", run_dir, "--no-detect", "--csv", photo, tmp_path / "photos")

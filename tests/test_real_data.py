@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import evaluate
 import fer
 
 REAL_DATA = os.environ.get("FER_DATA")
@@ -22,4 +23,4 @@ def test_real_fer2013_has_the_published_split_sizes_and_class_counts():
     test_counts = torch.bincount(data["val"]["labels"]) + torch.bincount(data["test"]["labels"])
     assert test_counts.tolist() == TEST_COUNTS
     # README: 288 PrivateTest images have an identical copy in Training
-    assert (~fer.not_in_train_mask(data["test"]["images"], data["train"]["images"])).sum() == 288
+    assert (~evaluate.not_in_train_mask(data["test"]["images"], data["train"]["images"])).sum() == 288

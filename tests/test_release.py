@@ -13,7 +13,7 @@ import fer
 import gradcam
 import release
 import train_baseline
-from conftest import PROJECT_DIR, run_script, write_kaggle_folder
+from conftest import run_script, write_kaggle_folder
 
 RELEASE_FILES = {"best.pt", "config.json", "eval_test.json", "confusion_test.png", "metrics.jsonl", "curves.png",
                  "RELEASE.md"}

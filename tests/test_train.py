@@ -74,7 +74,7 @@ def test_each_architecture_takes_its_own_recipe_and_the_command_line_overrides_i
 
 def test_settings_without_a_flag_are_recorded_in_the_config():
     args = vars(train_baseline.parse_args(["--arch", "vggnet"]))
-    assert {key: args[key] for key in fer.FIXED_SETTINGS} == fer.FIXED_SETTINGS
+    assert {key: args[key] for key in train_baseline.FIXED_SETTINGS} == train_baseline.FIXED_SETTINGS
     assert args["warmup"] == train_baseline.RECIPES["vggnet"]["warmup"]
 
 
@@ -110,7 +110,7 @@ def test_scripts_report_bad_input_in_one_line_without_a_traceback(tmp_path, scri
 
 def test_two_runs_of_the_same_name_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch):
     monkeypatch.setattr(fer.time, "strftime", lambda format: "20260101-000000")
-    folders = [fer.make_run_dir({"name": "twin", "run_dir": None}, runs_dir=tmp_path) for _ in range(3)]
+    folders = [train_baseline.make_run_dir({"name": "twin", "run_dir": None}, runs_dir=tmp_path) for _ in range(3)]
     assert [folder.name for folder in folders] == ["20260101-000000-twin", "20260101-000000-twin-2",
                                                    "20260101-000000-twin-3"]
     assert all(json.loads((folder / "config.json").read_text())["run_dir"] == str(folder) for folder in folders)
