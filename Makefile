@@ -128,7 +128,7 @@ evaluate: $(VENV)  ## evaluate RUN on PrivateTest (ARGS='--split val' for Public
 
 .PHONY: gradcam
 gradcam: $(VENV)  ## Grad-CAM of RUN (default: runs/release) into gradcam/<run>/: class grids, class-mean maps (ARGS='--image photo.jpg')
-	$(PYTHON) gradcam.py $(PREDICT_RUN) $(ARGS)
+	$(PYTHON) gradcam.py $(ONE_RUN) $(ARGS)
 
 .PHONY: install-predict predict
 PREDICT_VENV := .venv/installed-predict
@@ -138,8 +138,9 @@ $(PREDICT_VENV): $(VENV) requirements-predict.txt
 	touch $@
 
 # predict (and gradcam, export) use the released model (runs/release) unless RUN is named on the command
-# line or in the environment: make predict RUN=runs/DIR IMAGES=... (predict: RUN="A B C", their ensemble)
+# line or in the environment: make predict RUN=runs/DIR IMAGES=... (predict also RUN="A B C": their ensemble)
 PREDICT_RUN = $(if $(filter command line environment,$(origin RUN)),$(foreach run,$(RUN),--run $(run)))
+ONE_RUN = $(if $(filter command line environment,$(origin RUN)),--run $(RUN))
 
 predict: $(PREDICT_VENV)  ## emotions of the faces in IMAGES: photos, videos, folders (RUN="A B": an ensemble)
 	@test -n "$(IMAGES)" || { echo "name the photos, videos or folders: make predict IMAGES='a.jpg clips/'"; exit 1; }
@@ -158,7 +159,7 @@ release: $(VENV)  ## make RUN the released model runs/release/ (RUN="A B C": the
 	$(PYTHON) release.py $(foreach run,$(RUN),--run $(run)) $(ARGS)
 
 export: $(EXPORT_VENV)  ## RUN (default: runs/release) to RUN/model.onnx, checked against PyTorch with onnxruntime
-	$(PYTHON) export.py $(PREDICT_RUN) $(ARGS)
+	$(PYTHON) export.py $(ONE_RUN) $(ARGS)
 
 test: $(VENV)  ## run the test suite (uses the real data too when FER_DATA names a copy)
 	$(PYTHON) -m pytest -q tests

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 import fer
+import predict
 
 # torch.onnx.export's default exporter (since PyTorch 2.9) captures the graph with torch.export and
 # translates it with onnxscript; onnxruntime runs the result. The older TorchScript exporter
@@ -59,7 +60,8 @@ def export(model, path):
 def check_images(args, config):
     """(uint8 images [N, 48, 48], what they are): the images to compare PyTorch and ONNX on."""
     if args.images:
-        return torch.stack([fer.read_image(path) for path in args.images]), f"{len(args.images)} image(s) named"
+        faces = [fer.prepare_face(predict.open_image(Path(path))) for path in args.images]  # read as predict.py reads
+        return torch.stack(faces), f"{len(args.images)} image(s) named"
     data_path = args.data or fer.DEFAULT_DATA
     if args.data is None and not Path(data_path).exists():  # a dataset named with --data must be there
         print(f"warning: no dataset at {data_path} (set --data or FER_DATA) and no face crops named: checking "

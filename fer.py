@@ -74,7 +74,8 @@ def prepare_face(image):
 
 
 def read_image(path):
-    """A dataset's image file -> uint8 tensor [48, 48], prepared like every face (prepare_face)."""
+    """An image file of the dataset (or any 8-bit face crop) -> uint8 tensor [48, 48], prepared by prepare_face.
+    Photos from elsewhere go through predict.py's open_image, which also handles 16-bit gray and huge files."""
     from PIL import Image
 
     try:
@@ -804,8 +805,8 @@ def train(model, data, config, run_dir):
                                  **({"ema": ema.state_dict()} if ema else {})}, run_dir / "last.pt")
                 write_metrics(progress["history"], run_dir)
             seconds_per_epoch = (elapsed - elapsed_before) / (epoch - first_epoch + 1)
-            clock, eta = (time.strftime("%H:%M:%S", time.gmtime(seconds))
-                          for seconds in (elapsed, seconds_per_epoch * (config["epochs"] - epoch)))
+            clock = timedelta(seconds=round(elapsed))
+            eta = timedelta(seconds=round(seconds_per_epoch * (config["epochs"] - epoch)))
             print(f"epoch {epoch:3d}/{config['epochs']}  train loss {train_loss:.3f} acc {train_acc:6.2%}  "
                   f"val loss {val_loss:.3f} acc {val_acc:6.2%}{' *' if improved else '  '}  "
                   f"lr {optimizer.param_groups[0]['lr']:.2e}  {images_per_s:4.0f} img/s  "

@@ -111,7 +111,7 @@ def target_layer(model, name, run_dir):
         last_conv = last_conv_layer(model)
         return next((found, module) for found, module in layers.items() if module is last_conv)
     if name not in layers:
-        convolutions = [found for found, module in layers.items() if isinstance(module, torch.nn.Conv2d)]
+        convolutions = [found for found, module in layers.items() if isinstance(module, nn.Conv2d)]
         raise fer.DataError(f"{run_dir}: the model has no layer {name!r}; its conv layers: {', '.join(convolutions)}")
     return name, layers[name]
 

@@ -8,7 +8,8 @@ Find the faces in photos and videos, or live from a webcam, and name the emotion
     python predict.py --webcam                            # a live window; q quits
 
 The model is the released one (runs/release) unless --run names a run folder written by train_*.py; several
---run options average their runs' probabilities (an ensemble: more accurate, and as many times slower).
+--run options average their runs' probabilities (an ensemble: more accurate, and slower: three runs took
+about twice the time per face crop).
 Finding faces, videos and the webcam need OpenCV (make install-predict); --no-detect on images does not.
 
 Prints one JSON line per face: the image (for a video: the video, the frame index, its time in seconds and
@@ -187,7 +188,9 @@ def open_image(path):
     except (OSError, ValueError, SyntaxError, EOFError) as error:
         raise fer.DataError(f"{path}: cannot decode this file as an image ({error})") from None
     ImageOps.exif_transpose(image, in_place=True)
-    return to_8bit_gray(image) if image.mode in ("I", "F") or image.mode.startswith("I;16") else image
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        image = to_8bit_gray(image)
+    return image
 
 
 def to_8bit_gray(image):

@@ -9,6 +9,9 @@ CNN (the default), or VGGNet, a network designed for 48x48 faces (--arch vggnet)
     python train_baseline.py --resume runs/DIR        # continue an interrupted run
     python train_baseline.py --optimizer adamw --lr 1e-3 --weight-decay 0 --schedule plateau \\
         --epochs 50 --early-stop 10 --batch-size 64 --label-smoothing 0   # the original project's recipe
+
+Its last section is the training command line that train_transfer.py imports too: the shared options,
+the config they resolve to, and the new run folder with its config.json.
 """
 import argparse
 import itertools
@@ -179,7 +182,7 @@ def make_run_dir(config, runs_dir="runs"):
             stem = Path(runs_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}-{config['name']}"
             candidates = itertools.chain([stem], (Path(f"{stem}-{n}") for n in itertools.count(2)))
         run_dir = next((path for path in candidates if make_new_dir(path)), None)
-        config["run_dir"] = run_dir and str(run_dir)
+        config["run_dir"] = str(run_dir) if run_dir else None
         if run_dir:
             (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     if dist.is_initialized():  # the other processes take rank 0's folder name (their clocks may differ)

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 import fer
-import train_baseline
+import train_baseline  # the training command line and run folder, shared with the from-scratch script
 
 # Feature extraction trains a small head on fixed features: big batches, a high rate, many cheap epochs.
 # Fine-tuning moves 2M+ pretrained weights on augmented images: each epoch costs minutes on a CPU.
