@@ -14,9 +14,10 @@ IMAGES   ?=
 # Processes for training: NPROC=2 launches through torchrun (one per GPU, or gloo on CPUs).
 NPROC    ?= 1
 TRAIN    = $(if $(filter-out 1,$(NPROC)),.venv/bin/torchrun --nproc_per_node=$(NPROC),$(PYTHON))
-# The run that evaluate looks at; default: the newest folder under runs/.
-# (Folder names start with a timestamp, so the last name is the newest run; runs/release is a copy.)
-RUN      ?= $(shell ls -d runs/[0-9]*/ 2>/dev/null | tail -n 1)
+# The run that evaluate looks at; default: the newest trained run under runs/ (one with a best.pt:
+# an ensemble's folder has none). Folder names start with a timestamp, so the last name is the newest;
+# runs/release is a copy.
+RUN      ?= $(patsubst %/best.pt,%,$(lastword $(sort $(wildcard runs/[0-9]*/best.pt))))
 # Each training target names its new run folder (runs/<timestamp>-<name>) once, trains into it with
 # --run-dir and evaluates exactly that folder: the newest under runs/ may be another run started
 # meanwhile. The commands are one shell line joined by \, since each recipe line gets its own shell.
@@ -37,7 +38,7 @@ help:  ## list the targets and their variables
 	@echo "  FER_WEIGHTS=dir        for feature-extract/finetune: a folder with <ARCH>_imagenet_features.pth (offline)"
 	@echo "  EPOCHS=n               training epochs (default: the script's recipe)"
 	@echo "  ARGS='...'             more flags for the script, e.g. ARGS='--seed 1 --lr 1e-3'"
-	@echo "  RUN=runs/DIR           run folder for evaluate (default: newest, now $(or $(RUN),none)) and release;"
+	@echo "  RUN=runs/DIR           run folder for evaluate (default: newest trained, now $(or $(RUN),none)) and release;"
 	@echo "                         for gradcam, predict, export (default: runs/release, the released model)"
 	@echo "  IMAGES='a.jpg clips/'  photos, videos and folders for predict"
 	@echo "  RUNS='runs/A runs/B'   for ensemble: the runs whose probabilities it averages; for choose-ensemble: the candidates"
@@ -126,10 +127,6 @@ evaluate: $(VENV)  ## evaluate RUN on PrivateTest (ARGS='--split val' for Public
 	@test -n "$(RUN)" || { echo "no run folder under runs/: train one first (make baseline)"; exit 1; }
 	$(PYTHON) evaluate.py --run $(RUN) $(ARGS)
 
-.PHONY: gradcam
-gradcam: $(VENV)  ## Grad-CAM of RUN (default: runs/release) into gradcam/<run>/: class grids, class-mean maps (ARGS='--image photo.jpg')
-	$(PYTHON) gradcam.py $(ONE_RUN) $(ARGS)
-
 .PHONY: install-predict predict
 PREDICT_VENV := .venv/installed-predict
 install-predict: $(PREDICT_VENV)  ## also install OpenCV (predict finds faces with it, reads videos)
@@ -145,6 +142,11 @@ ONE_RUN = $(if $(filter command line environment,$(origin RUN)),--run $(RUN))
 predict: $(PREDICT_VENV)  ## emotions of the faces in IMAGES: photos, videos, folders (RUN="A B": an ensemble)
 	@test -n "$(IMAGES)" || { echo "name the photos, videos or folders: make predict IMAGES='a.jpg clips/'"; exit 1; }
 	$(PYTHON) predict.py $(PREDICT_RUN) $(ARGS) $(IMAGES)
+
+# gradcam.py finds the faces of --image photo.jpg as predict.py does, with OpenCV.
+.PHONY: gradcam
+gradcam: $(PREDICT_VENV)  ## Grad-CAM of RUN (default: runs/release) into gradcam/<run>/: class grids, class-mean maps (ARGS='--image photo.jpg')
+	$(PYTHON) gradcam.py $(ONE_RUN) $(ARGS)
 
 # The released model, runs/release/ (committed): made from a run folder, exported to ONNX.
 .PHONY: install-export export

@@ -9,7 +9,7 @@ evaluates its pick there.
 
 Each run's probabilities are computed once, so the 2^n - 1 combinations of n runs cost n evaluations
 (ten forward passes of the 3,589 PublicTest faces each), and kept in the run folder (publictest_ten_view.pt,
-recomputed when best.pt is newer): a later round with one run more costs one evaluation.
+recomputed when best.pt is newer): choosing again with one more run costs one evaluation.
 """
 import argparse
 import itertools
@@ -26,7 +26,7 @@ def publictest_probabilities(run, data, device):
     """The run's ten-view class probabilities [N, 7] on PublicTest, in float32 as evaluate.py computes them."""
     cache, best = Path(run) / "publictest_ten_view.pt", Path(run) / "best.pt"
     if cache.exists() and best.exists() and cache.stat().st_mtime >= best.stat().st_mtime:
-        probabilities = torch.load(cache)
+        probabilities = torch.load(cache, weights_only=True)
         if probabilities.shape == (len(data["val"]["labels"]), len(fer.EMOTIONS)):
             return probabilities
     model, _ = fer.load_run(run, device)

@@ -157,7 +157,8 @@ def main():
     runs = args.runs
     if not runs:  # folder names start with a timestamp: the last one of each name is the newest
         newest = {json.loads((d / "config.json").read_text())["name"]: d  # [0-9]*: runs/release is a copy
-                  for d in sorted(Path("runs").glob("[0-9]*/")) if (d / "eval_test.json").exists()}
+                  for d in sorted(Path("runs").glob("[0-9]*/"))
+                  if (d / "eval_test.json").exists() and (d / "config.json").exists()}  # not ensembles
         runs = list(newest.values())
     if not runs:
         raise SystemExit("error: no evaluated runs under runs/: train and evaluate some first (make baseline)")

@@ -9,7 +9,7 @@ no copy in the training set.
     python evaluate.py --run runs/A --run runs/B      # an ensemble: the mean of the runs' probabilities
 
 Writes eval_<split>.json and confusion_<split>.png into the run folder (an ensemble: into --out,
-by default a new runs/<time>-ensemble folder, with ensemble.json naming its members).
+by default a new runs/<time>-ensemble-<n> folder, with ensemble.json naming its members).
 """
 import argparse
 import hashlib

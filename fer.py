@@ -35,8 +35,8 @@ IMAGE_SIZE = 48
 PROJECT_DIR = Path(__file__).resolve().parent
 DEFAULT_DATA = os.environ.get("FER_DATA", "data/fer2013")
 CACHE_DIR = Path(os.environ.get("FER_CACHE", PROJECT_DIR / "data" / "cache"))
-# The model this repository ships (a run folder, committed): predict.py and gradcam.py use it when
-# no --run is named, so a fresh clone classifies faces without training first.
+# The model this repository ships (a run folder, committed): predict.py, gradcam.py and export.py use it
+# when no --run is named, so a fresh clone classifies faces without training first.
 RELEASED_RUN = PROJECT_DIR / "runs" / "release"
 
 
@@ -273,7 +273,8 @@ def training_subset(data, fraction, seed):
 
 
 def source_fingerprint(source):
-    """Changes whenever a file under `source` is added, removed, resized or touched."""
+    """The decoded-data cache's key: changes whenever a file the loader reads (the images and the votes file
+    of a folder; a CSV and the fer2013new.csv beside it) is added, removed, resized or touched."""
     source = source.resolve()  # the same key for a relative and an absolute path to one folder
     digest = hashlib.sha1(str(source).encode())
     if source.is_file():

@@ -246,9 +246,9 @@ def get_ferplus(target, data, ferplus=None):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=fer.DEFAULT_DATA, help="where the dataset goes (default: %(default)s)")
-    parser.add_argument("--archive", type=Path, default=None,
+    parser.add_argument("--archive", type=lambda path: Path(path).expanduser(), default=None,
                         help="a downloaded archive.zip, fer2013.zip, fer2013.csv or .tar.gz (default: look in data/)")
-    parser.add_argument("--ferplus", type=Path, default=None,
+    parser.add_argument("--ferplus", type=lambda path: Path(path).expanduser(), default=None,
                         help="FERPlus's fer2013new.csv, downloaded already (default: data/fer2013new.csv if it is "
                              "there, else download it)")
     args = parser.parse_args()

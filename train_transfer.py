@@ -39,7 +39,7 @@ MODE_DEFAULTS = {
 # with the face's layout kept, beat the last block's by 14.6 points on MobileNetV2 (block chosen on PublicTest).
 # The other networks were not measured: their whole backbone (0).
 FEATURE_BLOCK = {"mobilenet_v2": 13}
-# The recipe's settings without a flag (the baseline's script has flags for some of them).
+# The recipe's defaults: the flags the two scripts share (train_baseline.add_training_arguments) change some.
 RECIPE = dict(optimizer="adamw", weight_decay=1e-4, schedule="cosine", warmup=0.1, label_smoothing=0.1,
               early_stop=0, jitter=0.0)
 
