@@ -68,7 +68,7 @@ def plot_confusion(counts, title, path):
     normalised = counts / counts.sum(1, keepdim=True).clamp(min=1)
     figure, axes = plt.subplots(1, 2, figsize=(13, 5.5))
     for ax, matrix, label in ((axes[0], counts, "images"), (axes[1], 100 * normalised, "% of true class")):
-        image = ax.imshow(matrix, cmap="Blues")
+        image = ax.imshow(matrix.numpy(), cmap="Blues")
         for (row, column), value in zip(torch.cartesian_prod(torch.arange(7), torch.arange(7)).tolist(),
                                         matrix.flatten().tolist()):
             dark = value > matrix.max() * 0.6
