@@ -103,7 +103,7 @@ finetune: data  ## fine-tune ARCH from ImageNet weights (ARGS='--weights none' f
 # The transfer curve: MobileNetV2 from ImageNet with its top k blocks training, the rest frozen, at one
 # budget (EPOCHS, default 6), on a stratified 10% and on all of the training images, beside the baseline
 # CNN on the same 10% (at the same epochs, and at its own recipe's); then its table and chart
-# (docs/curve.md, docs/curve.png).
+# (runs/curve.md, runs/curve.png).
 CURVE_K  ?= 0 1 2 4 7 12 19
 transfer-curve: data  ## train and evaluate every point of the transfer curve (hours), then its table and chart
 	for fraction in 0.1 1.0; do for k in $(CURVE_K); do \
@@ -117,7 +117,7 @@ transfer-curve: data  ## train and evaluate every point of the transfer curve (h
 	  $(PYTHON) evaluate.py --single-view --run "$$run" || exit 1; done
 	$(PYTHON) compare.py --curve --runs runs/*-curve-*
 
-compare: $(VENV)  ## table (docs/compare.md) and bar chart (docs/compare.png) of the evaluated runs
+compare: $(VENV)  ## table (runs/compare.md) and charts (runs/compare.png, time_to_accuracy.png) of the evaluated runs
 	$(PYTHON) compare.py $(ARGS)
 
 bench: data  ## speed, side by side in one run: data pipeline, training step, evaluation (bench.json)

@@ -5,12 +5,15 @@ wall time, with each run's starting weights; and their PublicTest accuracy again
 
     python compare.py                          # the newest evaluated run of each name under runs/
     python compare.py --runs runs/A runs/B     # these runs
+    python compare.py --out docs               # into docs/, as the project's evidence was written
     python compare.py --curve --runs runs/*-curve-*   # accuracy against the number of fine-tuned blocks
 
 --curve draws the transfer curve instead (make transfer-curve): PrivateTest accuracy against k, the
 number of top backbone blocks that train (0 = feature extraction), one line per share of the training
 data, each point labelled with its training minutes; from-scratch CNNs among the runs are drawn as
 horizontal lines. Written to curve.md and curve.png.
+
+Everything goes into --out, runs/ by default, beside the run folders.
 """
 import argparse
 import json
@@ -151,7 +154,8 @@ def time_to_accuracy(run_dirs, path):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="*", type=Path, help="run folders (default: newest evaluated run per name)")
-    parser.add_argument("--out", type=Path, default=Path("docs"), help="folder for compare.md/.png (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("runs"),  # docs/ holds the project's own, committed
+                        help="folder for the tables and charts (default: %(default)s)")
     parser.add_argument("--curve", action="store_true", help="the transfer curve (curve.md, curve.png) instead")
     args = parser.parse_args()
     runs = args.runs

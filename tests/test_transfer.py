@@ -203,11 +203,12 @@ def test_train_transfer_cli_feature_mode_writes_a_run_that_evaluate_reads(kaggle
     result = run_script("evaluate.py", "--run", str(run_dir), "--data", str(kaggle_folder), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert json.loads((run_dir / "eval_test.json").read_text())["images"] == 14
-    result = run_script("compare.py", "--out", str(tmp_path / "docs"), cwd=tmp_path)
+    result = run_script("compare.py", cwd=tmp_path)  # by default beside the runs, never over the committed docs/
     assert result.returncode == 0, result.stderr
-    table = (tmp_path / "docs" / "compare.md").read_text()
+    table = (tmp_path / "runs" / "compare.md").read_text()
     assert "| mobilenet_v2 48px | feature extraction | ImageNet (torchvision) |" in table and "20,615" in table  # block 13's 96x3x3 map at 48 px
-    assert (tmp_path / "docs" / "compare.png").exists() and (tmp_path / "docs" / "time_to_accuracy.png").exists()
+    assert (tmp_path / "runs" / "compare.png").exists() and (tmp_path / "runs" / "time_to_accuracy.png").exists()
+    assert not (tmp_path / "docs").exists()
 
 
 def test_train_transfer_without_weights_says_how_to_get_them(kaggle_folder, tmp_path, monkeypatch):
