@@ -12,8 +12,6 @@ wall time, with each run's starting weights; and their PublicTest accuracy again
 number of top backbone blocks that train (0 = feature extraction), one line per share of the training
 data, each point labelled with its training minutes; from-scratch CNNs among the runs are drawn as
 horizontal lines. Written to curve.md and curve.png.
-
-Everything goes into --out, runs/ by default, beside the run folders.
 """
 import argparse
 import json
