@@ -86,17 +86,19 @@ def plot_confusion(counts, title, path):
 
 def view_report(labels, probabilities, unseen, ferplus=None):
     """Everything reported for one set of test-time views, from the class probabilities; with `ferplus`,
-    also how often the prediction is the crowd's majority emotion (over the images that have one)."""
+    also how often the prediction is the crowd's majority emotion: over the images that have one, and over
+    those with a clear majority (more than half the votes), the images FERPlus's own test accuracy counts."""
     predictions = probabilities.argmax(1)
     report = classification_report(labels, predictions)
     confusion = torch.tensor(report["confusion"])
     report.update(confusion_row_normalised=(confusion / confusion.sum(1, keepdim=True).clamp(min=1)).tolist(),
                   accuracy_without_train_duplicates=(predictions[unseen] == labels[unseen]).float().mean().item())
     if ferplus is not None:
-        majority, has_label = ferplus
+        majority, has_label, clear = ferplus
         ferplus = classification_report(majority[has_label], predictions[has_label])
         report.update(ferplus_accuracy=ferplus["accuracy"], ferplus_macro_f1=ferplus["macro_f1"],
-                      ferplus_recall={name: row["recall"] for name, row in ferplus["per_class"].items()})
+                      ferplus_recall={name: row["recall"] for name, row in ferplus["per_class"].items()},
+                      ferplus_clear_accuracy=(predictions[clear] == majority[clear]).float().mean().item())
     return report
 
 
@@ -140,12 +142,12 @@ def main():
     if not args.single_view:
         chosen.update(flip=per_view[[0, len(per_view) // 2]], ten=per_view)
     votes = data[args.split].get("votes")
-    ferplus = fer.ferplus_labels(votes)[1:] if votes is not None else None  # (majority emotion, has_label)
+    ferplus = (*fer.ferplus_labels(votes)[1:], fer.ferplus_clear_majority(votes)) if votes is not None else None
     views = {name: view_report(labels, probabilities.mean(0), unseen, ferplus) for name, probabilities in chosen.items()}
     report = dict(views["single"], split=SPLIT_NAMES[args.split], images=len(labels), runs=args.run,
                   images_without_train_duplicate=int(unseen.sum()), test_time_views=views)
     if votes is not None:
-        report["ferplus_images"] = int(ferplus[1].sum())
+        report.update(ferplus_images=int(ferplus[1].sum()), ferplus_clear_images=int(ferplus[2].sum()))
     for name, key in (("flip", "flip_tta"), ("ten", "ten_view_tta")):
         if name in views:
             report.update({f"accuracy_{key}": views[name]["accuracy"], f"macro_f1_{key}": views[name]["macro_f1"]})
@@ -166,9 +168,12 @@ def main():
         print(f"{label:<20} accuracy {view['accuracy']:.2%}   macro-F1 {view['macro_f1']:.3f}   "
               f"disgust recall {view['per_class']['disgust']['recall']:.1%}   "
               f"no copy in train {view['accuracy_without_train_duplicates']:.2%}"
-              + (f"   FER+ majority {view['ferplus_accuracy']:.2%}" if votes is not None else ""))
+              + (f"   FER+ majority {view['ferplus_accuracy']:.2%} (clear {view['ferplus_clear_accuracy']:.2%})"
+                 if votes is not None else ""))
     print(f"({report['images_without_train_duplicate']} images have no copy in train"
-          + (f"; {report['ferplus_images']} have a FER+ majority label)" if votes is not None else ")"))
+          + (f"; {report['ferplus_images']} have a FER+ majority label, {report['ferplus_clear_images']} a clear "
+             "one, held by more than half the votes: the images FERPlus's test accuracy counts)"
+             if votes is not None else ")"))
     print(f"wrote {out / f'eval_{args.split}.json'} and {out / f'confusion_{args.split}.png'}")
 
 

@@ -137,7 +137,9 @@ def model_card(run_dir, config, checkpoint, report, size_mb, parameters, seeds=(
                     f"released: the best on PublicTest (PublicTest / PrivateTest: {listed}) |")
     if "ferplus_accuracy" in report:
         rows.append(f"| FER+ majority accuracy | {report['ferplus_accuracy']:.2%} on the {report['ferplus_images']} "
-                    f"PrivateTest images with a FER+ majority label (the crowd's votes, not the dataset's label) |")
+                    f"PrivateTest images with a FER+ majority label (the crowd's votes, not the dataset's label); "
+                    f"{report['ferplus_clear_accuracy']:.2%} on the {report['ferplus_clear_images']} whose majority "
+                    f"holds more than half the votes, the images FERPlus's test accuracy counts |")
     lines = [
         f"# Released model: {run_dir.name}", "",
         "Rebuilt by `release.py` from a run folder; every number below is from its files.", "",

@@ -14,11 +14,12 @@ VOTE_COLUMNS = fer.FERPLUS_COLUMNS
 
 def votes_for(label, index):
     """Ten votes for a synthetic image of FER-2013 class `label`: mostly that emotion, the crowd's other
-    choices around it; every fourth image's crowd prefers neutral (FER+ and FER-2013 disagree)."""
+    choices around it; every fourth image's crowd prefers neutral (FER+ and FER-2013 disagree), with only half
+    the votes, so without a clear majority unless the face is neutral."""
     votes = dict.fromkeys(VOTE_COLUMNS, 0)
     emotion = VOTE_COLUMNS[fer.FERPLUS_EMOTIONS[label]]
     if index % 4 == 3:
-        votes.update(neutral=6)
+        votes.update(neutral=5)
         votes[emotion] += 3
     else:
         votes[emotion] += 8
@@ -75,9 +76,12 @@ def test_ferplus_labels_drop_single_votes_and_classes_outside_the_seven():
         [0, 0, 0, 0, 1, 0, 0, 6, 2, 1],   # nothing of the seven with 2 votes or more: no label
         [math.nan] * 10,                  # no FER+ entry: no label
         [3, 0, 3, 0, 0, 0, 0, 0, 4, 0],   # a tie goes to the emotion first in EMOTIONS (surprise)
+        [5, 0, 0, 0, 0, 0, 0, 0, 3, 2],   # neutral, but with only half the votes: no clear majority
     ], dtype=torch.float32)
     distribution, majority, has_label = fer.ferplus_labels(votes)
-    assert has_label.tolist() == [True, False, False, True]
+    assert has_label.tolist() == [True, False, False, True, True]
+    # a clear majority: more than half of all votes left, contempt, unknown and not-a-face counted
+    assert fer.ferplus_clear_majority(votes).tolist() == [True, False, False, False, False]
     sad, neutral, surprise = (fer.EMOTIONS.index(name) for name in ("sad", "neutral", "surprise"))
     assert majority[0] == sad and majority[3] == surprise
     assert distribution[0, sad] == pytest.approx(5 / 9) and distribution[0, neutral] == pytest.approx(4 / 9)
@@ -118,9 +122,12 @@ def test_training_on_ferplus_records_its_labels_and_evaluation_reports_ferplus_a
     data = fer.load_fer2013(root)
     _, majority, _ = fer.ferplus_labels(data["test"]["votes"])
     assert (majority != data["test"]["labels"]).sum() == 6 and report["ferplus_images"] == 28
+    clear = fer.ferplus_clear_majority(data["test"]["votes"])
+    assert report["ferplus_clear_images"] == 22 and not clear[majority != data["test"]["labels"]].any()
     model, _ = fer.load_run(run, torch.device("cpu"))
     predictions = fer.predict_probabilities(model, data["test"]["images"], torch.device("cpu")).argmax(1)
     assert report["ferplus_accuracy"] == pytest.approx((predictions == majority).float().mean().item())
+    assert report["ferplus_clear_accuracy"] == pytest.approx((predictions == majority)[clear].float().mean().item())
     assert report["accuracy"] == pytest.approx((predictions == data["test"]["labels"]).float().mean().item())
     assert set(report["test_time_views"]["ten"]) >= {"ferplus_accuracy", "ferplus_macro_f1"}
     assert set(report["ferplus_recall"]) == set(fer.EMOTIONS)
