@@ -33,6 +33,9 @@ import torch
 import fer
 
 COPIED = ["config.json", "eval_test.json", "confusion_test.png", "metrics.jsonl", "curves.png"]
+# Where the run found its data is one machine's layout (a home folder, a mount), not for publishing: the
+# release's config.json and best.pt record the project's default place instead.
+RELEASED_DATA = "data/fer2013"
 # config.json entries that are records, not command-line settings. "data" is where the run found the data on
 # the machine that trained it; the command trains on $FER_DATA or data/fer2013, wherever it is run.
 NOT_SETTINGS = {"data", "device", "processes", "torch_version", "git_commit", "run_dir"}
@@ -85,7 +88,7 @@ def strip_checkpoint(source, target):
     checkpoint = fer.load_checkpoint(source, "cpu")
     weights = {name: (tensor.float() if tensor.is_floating_point() else tensor).clone(
         memory_format=torch.contiguous_format) for name, tensor in checkpoint["model"].items()}
-    torch.save({"model": weights, "config": checkpoint["config"]}, target)
+    torch.save({"model": weights, "config": dict(checkpoint["config"], data=RELEASED_DATA)}, target)
     return checkpoint
 
 
@@ -179,6 +182,8 @@ def build_release(run_dir, out, data=None, seeds=()):
         for name in COPIED:
             if (run_dir / name).is_file():
                 shutil.copy2(run_dir / name, staging / name)
+        config_file = staging / "config.json"
+        config_file.write_text(json.dumps(dict(json.loads(config_file.read_text()), data=RELEASED_DATA), indent=2) + "\n")
         # The stripped checkpoint must load as a run folder and predict exactly what the source does.
         cpu, faces = torch.device("cpu"), torch.randint(0, 256, (32, fer.IMAGE_SIZE, fer.IMAGE_SIZE), dtype=torch.uint8)
         released, config = fer.load_run(staging, cpu)
