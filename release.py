@@ -32,7 +32,7 @@ import torch
 
 import fer
 
-COPIED = ["config.json", "eval_test.json", "confusion_test.png", "metrics.jsonl", "curves.png"]
+COPIED = ["eval_test.json", "confusion_test.png", "metrics.jsonl", "curves.png"]  # and config.json, rewritten
 # Where the run found its data is one machine's layout (a home folder, a mount), not for publishing: the
 # release's config.json and best.pt record the project's default place instead.
 RELEASED_DATA = "data/fer2013"
@@ -182,8 +182,8 @@ def build_release(run_dir, out, data=None, seeds=()):
         for name in COPIED:
             if (run_dir / name).is_file():
                 shutil.copy2(run_dir / name, staging / name)
-        config_file = staging / "config.json"
-        config_file.write_text(json.dumps(dict(json.loads(config_file.read_text()), data=RELEASED_DATA), indent=2) + "\n")
+        run_config = json.loads((run_dir / "config.json").read_text())
+        (staging / "config.json").write_text(json.dumps(dict(run_config, data=RELEASED_DATA), indent=2) + "\n")
         # The stripped checkpoint must load as a run folder and predict exactly what the source does.
         cpu, faces = torch.device("cpu"), torch.randint(0, 256, (32, fer.IMAGE_SIZE, fer.IMAGE_SIZE), dtype=torch.uint8)
         released, config = fer.load_run(staging, cpu)
